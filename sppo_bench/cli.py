@@ -1,0 +1,50 @@
+"""The ``sppo-bench`` command line: one entry point, one sub-command module per track.
+
+Each module in ``COMMAND_MODULES`` exposes ``add_parser(subparsers)`` which registers its
+sub-command(s) and sets ``func(args) -> int`` as the parser default. A ``UserError`` anywhere
+below is printed as one line, ``sppo-bench: error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sppo_bench import __version__
+from sppo_bench.errors import UserError
+
+COMMAND_MODULES: tuple[str, ...] = ("sppo_bench.commands.info",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sppo-bench",
+        description="Sequence-level PPO (SPPO) and its baselines: control suite and LLM math.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"sppo-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sppo-bench: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``sppo-bench`` CLI, one module each."""

@@ -1,0 +1,41 @@
+"""The shared algorithm core: advantage estimators and losses over padded ``[B, T]`` batches."""
+
+from sppo_bench.core.advantages import (
+    ESTIMATORS,
+    AdvantageInput,
+    AdvantageOutput,
+    EstimatorSpec,
+    compute_advantages,
+    get_estimator,
+    sequence_rewards,
+    valid_estimator_names,
+)
+from sppo_bench.core.losses import (
+    AGGREGATIONS,
+    aggregate,
+    bce_value_loss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+    kl_penalty,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "ESTIMATORS",
+    "AdvantageInput",
+    "AdvantageOutput",
+    "EstimatorSpec",
+    "aggregate",
+    "bce_value_loss",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "compute_advantages",
+    "entropy_from_logits",
+    "explained_variance",
+    "get_estimator",
+    "kl_penalty",
+    "sequence_rewards",
+    "valid_estimator_names",
+]

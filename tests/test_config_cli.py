@@ -1,0 +1,71 @@
+"""Typed configs from YAML with overrides, and the CLI's one-line errors."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from sppo_bench.cli import main
+from sppo_bench.config import load_config
+from sppo_bench.errors import UserError
+
+
+@dataclass
+class Optim:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class Run:
+    algo: Literal["sppo", "grpo"] = "sppo"
+    seed: int = 0
+    note: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\noptim:\n  lr: 1\n")
+    cfg = load_config(Run, path, ["optim.lr=1e-5", "algo=grpo", "note=hi"])
+    assert cfg.seed == 3 and cfg.algo == "grpo" and cfg.note == "hi"
+    assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == [0.9, 0.999]
+
+
+@pytest.mark.parametrize(
+    "yaml_text, overrides, message",
+    [
+        ("sed: 1\n", [], r"unknown config key 'sed'.*valid: algo, seed, note, optim"),
+        ("", ["optim.lrr=1"], r"'lrr' is not in optim.*valid: lr, betas"),
+        ("", ["seed=abc"], r"'seed' must be an integer"),
+        ("", ["algo=ppo"], r"'algo' is 'ppo'; valid: sppo, grpo"),
+        ("", ["seed"], r"not of the form key=value"),
+        ("optim: 3\n", [], r"section 'optim' must be a mapping"),
+        ("seed: [1\n", [], r"not valid YAML at line"),
+    ],
+)
+def test_bad_configs_give_one_line_errors(tmp_path, yaml_text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(UserError, match=message) as info:
+        load_config(Run, path, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(Run, tmp_path / "nope.yaml")
+
+
+def test_cli_lists_estimators(capsys):
+    assert main(["estimators"]) == 0
+    out = capsys.readouterr().out
+    for name in ["sppo", "gae", "grpo", "rloo", "remax", "reinforce"]:
+        assert name in out
+
+
+def test_cli_unknown_command_exits_nonzero(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
