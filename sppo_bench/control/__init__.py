@@ -1,0 +1,1 @@
+"""The control track: sparse binary-reward Gymnasium tasks, expert, behaviour cloning, RL."""

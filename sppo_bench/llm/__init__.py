@@ -1,0 +1,1 @@
+"""The LLM math track: datasets, verifier, rollout engines, policy and critic, trainer, eval."""
