@@ -113,17 +113,17 @@ def load_problems(
         raise UserError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_NAMES)}")
     if is_file:
         rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _parquet_rows(path)
-        where = str(path)
+        origin = str(path)
     else:
         rows = _hub_rows(source, split)
-        where = f"{source} (split {split})"
+        origin = f"{source} (split {split})"
     problems: list[Problem] = []
-    for position, (line, row) in enumerate(rows):
-        problems.append(_to_problem(row, _MAPPINGS[name], name, where, line, position))
+    for position, (where, row) in enumerate(rows):
+        problems.append(_to_problem(row, _MAPPINGS[name], name, where, position))
         if limit is not None and len(problems) >= limit:
             break
     if not problems:
-        raise UserError(f"{where}: no problems (the file or split is empty)")
+        raise UserError(f"{origin}: no problems (the file or split is empty)")
     if len({p.id for p in problems}) != len(problems):  # native ids not unique: use positions
         problems = [Problem(f"{name}/{i}", p.question, p.answer) for i, p in enumerate(problems)]
     return problems
@@ -140,7 +140,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 raise UserError(
                     f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})"
                 ) from None
-            yield f"line {number}", row
+            yield f"{path}:{number}", row
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -154,7 +154,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: not a readable Parquet file ({first})") from None
     for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-        yield f"row {number}", row
+        yield f"{path} row {number}", row
 
 
 def _hub_rows(source: str, split: str) -> Iterator[tuple[str, Any]]:
@@ -174,26 +174,25 @@ def _hub_rows(source: str, split: str) -> Iterator[tuple[str, Any]]:
             f"(offline, or a wrong id or split?): {type(exc).__name__}: {first}"
         ) from None
     for number, row in enumerate(data, start=1):
-        yield f"row {number}", row
+        yield f"{source} (split {split}) row {number}", row
 
 
-def _to_problem(
-    row: Any, mapping: _Mapping, name: str, where: str, line: str, position: int
-) -> Problem:
+def _to_problem(row: Any, mapping: _Mapping, name: str, where: str, position: int) -> Problem:
+    """One raw row -> ``Problem``; ``where`` locates the row in errors (``file:line``)."""
     if not isinstance(row, Mapping):
-        raise UserError(f"{where}:{line}: a row must be a JSON object, got {type(row).__name__}")
+        raise UserError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     row = _case_insensitive(row, (mapping.question, mapping.answer, *mapping.ids))
     for key in (mapping.question, mapping.answer):
         if key not in row or row[key] is None:
             raise UserError(
-                f"{where}:{line}: missing field {key!r} (the {name} mapping reads "
+                f"{where}: missing field {key!r} (the {name} mapping reads "
                 f"{mapping.question!r} and {mapping.answer!r}; the row has: "
                 f"{', '.join(map(str, row)) or 'no fields'})"
             )
     question = row[mapping.question]
     if not isinstance(question, str) or not question.strip():
-        raise UserError(f"{where}:{line}: field {mapping.question!r} is empty or not text")
-    answer = _gold(row[mapping.answer], mapping, where, line)
+        raise UserError(f"{where}: field {mapping.question!r} is empty or not text")
+    answer = _gold(row[mapping.answer], mapping, where)
     native = next((row[k] for k in mapping.ids if row.get(k) not in (None, "")), None)
     return Problem(f"{name}/{native if native is not None else position}", question.strip(), answer)
 
@@ -209,23 +208,23 @@ def _case_insensitive(row: Mapping, keys: tuple[str, ...]) -> dict:
     return out
 
 
-def _gold(value: Any, mapping: _Mapping, where: str, line: str) -> str:
+def _gold(value: Any, mapping: _Mapping, where: str) -> str:
     """The gold answer text of one row (see the module table)."""
     field = mapping.answer
     if mapping.extract == "gsm8k":
         text = value if isinstance(value, str) else ""
         if "####" not in text:
-            raise UserError(f"{where}:{line}: field {field!r} has no '#### <answer>' line")
+            raise UserError(f"{where}: field {field!r} has no '#### <answer>' line")
         gold = text.rsplit("####", 1)[1].strip().replace(",", "")
     elif mapping.extract == "boxed":
         box = last_boxed(value) if isinstance(value, str) else None
         if box is None:
-            raise UserError(f"{where}:{line}: field {field!r} has no closed \\boxed{{}} answer")
+            raise UserError(f"{where}: field {field!r} has no closed \\boxed{{}} answer")
         gold = box
     else:
         gold = _number_text(value)
     if not gold:
-        raise UserError(f"{where}:{line}: empty gold answer in field {field!r}")
+        raise UserError(f"{where}: empty gold answer in field {field!r}")
     return gold
 
 

@@ -180,10 +180,11 @@ class Verifier:
         worker.conn.close()
 
     def _ensure_workers(self) -> None:
-        """Top the pool up to ``num_workers`` live processes (replacing any that died idle)."""
+        """Top the pool up to ``num_workers`` live processes. Workers that died idle, and workers
+        left busy by an interrupted call (Ctrl-C mid-batch), are replaced."""
         alive = []
         for worker in self._workers:
-            if worker.process.is_alive():
+            if worker.process.is_alive() and worker.item is None:
                 alive.append(worker)
             else:
                 self._kill(worker)
