@@ -130,8 +130,8 @@ def test_wrong_answers_score_zero_on_math500(verifier):
 ADVERSARIAL = {
     "a thousand nested braces": r"\boxed{" + "{" * 1000 + "1" + "}" * 1000 + "}",
     "a 10^6-digit number": r"\boxed{" + "9" * 10**6 + "}",
-    "nested fractions": r"\boxed{" + r"\frac{1}{" * 400 + "2" + "}" * 400 + "}",
-    "nested square roots": r"\boxed{" + r"\sqrt{" * 500 + "2" + "}" * 500 + "}",
+    "nested fractions": r"\boxed{" + r"\frac{1}{" * 1000 + "2" + "}" * 1000 + "}",
+    "nested square roots": r"\boxed{" + r"\sqrt{" * 1000 + "2" + "}" * 1000 + "}",
     "an exponent tower": r"\boxed{" + "^".join(["9"] * 300) + "}",
     "a braced exponent tower": r"\boxed{" + "9^{" * 60 + "9" + "}" * 60 + "}",
 }
