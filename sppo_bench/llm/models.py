@@ -113,7 +113,7 @@ class SequenceCritic(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
-        """``[B, P]`` prompt ids and mask -> ``[B]`` float32 logits read at the last prompt token."""
+        """``[B, P]`` prompt ids and mask -> ``[B]`` float32 logits at the last prompt token."""
         hidden = self.backbone(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,

@@ -70,7 +70,8 @@ def load_prompts(cfg: LLMConfig, tokenizer) -> tuple[list[str], list[str]]:
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     keep = [i for i, n in enumerate(lengths) if n <= cfg.data.max_prompt_tokens]
     if not keep:
-        raise UserError(f"no training prompt fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        limit = cfg.data.max_prompt_tokens
+        raise UserError(f"no training prompt fits in data.max_prompt_tokens={limit}")
     return [prompts[i] for i in keep], [problems[i].answer for i in keep]
 
 
@@ -130,7 +131,9 @@ class LLMTrainer:
             self.verifier = Verifier(cfg.train.reward_workers, cfg.train.reward_timeout_s)
             reward_fn = self.verifier.score_batch
         self.reward_fn = reward_fn
-        self.engine = engine if engine is not None else make_engine(cfg, self.policy, self.tokenizer)
+        if engine is None:
+            engine = make_engine(cfg, self.policy, self.tokenizer)
+        self.engine = engine
         self.step = 0
 
     # ----------------------------------------------------------------- helpers
@@ -303,7 +306,9 @@ class LLMTrainer:
         self.actor_opt.load_state_dict(state["actor_opt"])
         if self.critic is not None:
             if state["critic"] is None:
-                raise UserError(f"checkpoint {self.checkpoint_path} has no critic for {self.spec.name}")
+                raise UserError(
+                    f"checkpoint {self.checkpoint_path} has no critic for {self.spec.name}"
+                )
             self.critic.load_state_dict(state["critic"])
             self.critic_opt.load_state_dict(state["critic_opt"])
         _set_rng_state(state["rng"])

@@ -51,9 +51,7 @@ def policy_log_probs(
         sub = batch.select(rows)
         t = sub.response_ids.shape[1]
         with autocast():
-            lp, _ = response_log_probs(
-                model, sub.input_ids(), sub.attention_mask(), t, temperature
-            )
+            lp, _ = response_log_probs(model, sub.input_ids(), sub.attention_mask(), t, temperature)
         out[rows.to(out.device), :t] = lp.float() * sub.response_mask
     model.train(was_training)
     return out
