@@ -3,8 +3,9 @@
 Average@k of a set = 100 * mean over problems of (correct responses / k). For each set the
 evaluator writes ``<out>/<set>.jsonl`` (one row per problem: id, gold answer, the k rewards, their
 mean, mean response length) and ``<out>/summary.json`` (per set: Average@k, problems, k); both
-atomically. A set whose per-problem file exists is read back instead of regenerated, so an
-interrupted evaluation resumes.
+atomically. A set whose per-problem file exists and whose ``<set>.meta.json`` matches this
+evaluation (policy, checkpoint, k, sampling settings) is read back instead of regenerated, so an
+interrupted evaluation resumes; anything else is evaluated afresh.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def evaluate(
     engine,
     reward_fn: RewardFn,
     out_dir: str | Path | None = None,
+    identity: dict | None = None,
 ) -> dict[str, dict]:
     """Average@k on every set of ``cfg.eval.sets``; returns (and writes) the summary."""
     e = cfg.eval
@@ -89,7 +91,17 @@ def evaluate(
         for source in e.sets:
             name = set_name(source)
             path = out / f"{name}.jsonl"
-            if path.exists():
+            meta_path = out / f"{name}.meta.json"
+            meta = {
+                **(identity or {}),
+                "source": source,
+                "k": e.k,
+                "temperature": e.temperature,
+                "top_p": e.top_p,
+                "max_new_tokens": e.max_new_tokens,
+                "limit": e.limit,
+            }
+            if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
                 rows = [json.loads(line) for line in path.read_text().splitlines() if line]
             else:
                 rows = evaluate_set(
@@ -104,6 +116,7 @@ def evaluate(
                     e.limit,
                 )
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+                atomic_write_json(meta_path, meta)
             summary[name] = {
                 "average_at_k": 100.0 * sum(r["mean"] for r in rows) / len(rows),
                 "k": len(rows[0]["rewards"]),

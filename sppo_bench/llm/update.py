@@ -134,10 +134,10 @@ def policy_update(
                     loss = loss - entropy_coef * ent
                 loss.backward()
                 n = float(mask.sum())
-                stats["policy_loss"] += float(out.loss) * tokens / max(total_tokens, 1.0)
+                stats["policy_loss"] += float(out.loss.detach()) * tokens / max(total_tokens, 1.0)
                 stats["approx_kl"] += float(out.approx_kl) * n / max(total_tokens, 1.0)
                 stats["clip_fraction"] += float(out.clip_fraction) * n / max(total_tokens, 1.0)
-                stats["entropy"] += float((entropy * mask).sum()) / max(total_tokens, 1.0)
+                stats["entropy"] += float((entropy.detach() * mask).sum()) / max(total_tokens, 1.0)
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
