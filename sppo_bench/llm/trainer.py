@@ -170,6 +170,7 @@ class LLMTrainer:
         times["time_generation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        before = self.verifier.stats if self.verifier is not None else {}
         golds = [self.golds[idx[i]] for i in batch.prompt_index.tolist()]
         reward = torch.tensor(self.reward_fn(batch.texts, golds), dtype=torch.float32)
         baseline = None
@@ -271,7 +272,8 @@ class LLMTrainer:
         row["tokens_per_s"] = float(mask.sum()) / max(times["time_generation"], 1e-9)
         row.update(times)
         if self.verifier is not None:
-            row.update({f"verifier_{k}": v for k, v in self.verifier.stats.items()})
+            after = self.verifier.stats  # this step's counts (the verifier's are cumulative)
+            row.update({f"verifier_{k}": v - before.get(k, 0) for k, v in after.items()})
         return row
 
     def _estimator_params(self) -> dict[str, object]:
