@@ -1,0 +1,100 @@
+"""``sppo-bench llm train|evaluate --recipe FILE [--algo NAME] [--set key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sppo_bench.config import load_config
+from sppo_bench.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("llm", help="LLM math track: RL training and Average@k")
+    sub = parser.add_subparsers(dest="llm_command", metavar="ACTION", required=True)
+    for name, func, text in (
+        ("train", run_train, "train a policy with one estimator (resumes a finished step)"),
+        ("evaluate", run_evaluate, "Average@k of a policy or a training checkpoint"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--recipe", required=True, help="recipe YAML (see llm/)")
+        p.add_argument("--algo", help="estimator: sppo, ppo-gae, grpo, rloo, remax, reinforce")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe key, e.g. --set train.steps=10 (repeatable)",
+        )
+        p.add_argument("--run-dir", help="run folder (default: train.output_dir/<algo>)")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+        if name == "evaluate":
+            p.add_argument(
+                "--checkpoint", help="a run folder or checkpoint.pt whose policy to evaluate"
+            )
+            p.add_argument("--out", help="output folder (default: eval.output_dir)")
+        p.set_defaults(func=func)
+
+
+def _config(args: argparse.Namespace):
+    from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
+
+    overrides = list(args.overrides)
+    if args.algo:
+        overrides.append(f"algo.name={args.algo}")
+    return resolve_algorithm_defaults(load_config(LLMConfig, args.recipe, overrides))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from sppo_bench.llm.trainer import LLMTrainer
+
+    torch.set_num_threads(args.threads)
+    cfg = _config(args)
+    run_dir = Path(args.run_dir or Path(cfg.train.output_dir) / cfg.algo.name)
+    if (run_dir / "done").exists():
+        done = int((run_dir / "done").read_text().split()[0])
+        if done >= cfg.train.steps:
+            print(f"{run_dir}: finished ({done} steps); nothing to do")
+            return 0
+    trainer = LLMTrainer(cfg, run_dir)
+    try:
+        rows = trainer.train()
+    finally:
+        trainer.close()
+    if rows:
+        print(json.dumps({k: rows[-1][k] for k in ("step", "reward_mean", "time_step")}))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from sppo_bench.llm.evaluate import evaluate
+    from sppo_bench.llm.models import load_policy, load_tokenizer
+    from sppo_bench.llm.trainer import make_engine, pick_device
+    from sppo_bench.llm.verifier import Verifier
+
+    torch.set_num_threads(args.threads)
+    cfg = _config(args)
+    tokenizer = load_tokenizer(cfg.model.policy)
+    policy = load_policy(cfg.model.policy, tokenizer, cfg.model.dtype, cfg.train.seed)
+    checkpoint = None
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        path = path / "checkpoint.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise UserError(f"checkpoint {str(path)!r} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        policy.load_state_dict(state["policy"])
+        checkpoint = {"path": str(path.resolve()), "step": int(state["step"])}
+    policy.to(pick_device(cfg.train.device)).eval()
+    engine = make_engine(cfg, policy, tokenizer)
+    with Verifier(cfg.train.reward_workers, cfg.train.reward_timeout_s) as verifier:
+        identity = {"policy": cfg.model.policy, "checkpoint": checkpoint}
+        summary = evaluate(cfg, policy, tokenizer, engine, verifier.score_batch, args.out, identity)
+    for name, row in summary.items():
+        print(f"{name:<10} Average@{row['k']} = {row['average_at_k']:.2f}  ({row['problems']})")
+    return 0

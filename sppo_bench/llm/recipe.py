@@ -1,0 +1,178 @@
+"""The LLM recipe: a typed config loaded from YAML (``sppo_bench.config.load_config``).
+
+Defaults are the paper's 1.5B settings (PAPER.md, "LLM experiments"). Fields that the paper sets
+per algorithm are ``None`` by default and resolved by ``resolve_algorithm_defaults``:
+
+==========  =========  ========  ==========  ===================
+algorithm   samples N  KL coef   critic lr   critic warm-up
+==========  =========  ========  ==========  ===================
+sppo        1          0         5e-6        0
+ppo-gae     1          0         1e-5        50
+grpo        8          0         -           -
+rloo        5          0.001     -           -
+remax       1          0.001     -           -
+reinforce   1          0         -           -
+==========  =========  ========  ==========  ===================
+
+(The KL term is in the reward: r_t = -beta * (log pi - log pi_ref) on every token, R on the last.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from sppo_bench.core import get_estimator
+from sppo_bench.errors import UserError
+
+PAPER_SAMPLES = {"sppo": 1, "gae": 1, "grpo": 8, "rloo": 5, "remax": 1, "reinforce": 1}
+PAPER_KL = {"rloo": 0.001, "remax": 0.001}
+PAPER_CRITIC_LR = {"sppo": 5e-6, "gae": 1e-5}
+PAPER_CRITIC_WARMUP = {"sppo": 0, "gae": 50}
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class ModelConfig:
+    """policy: a Hub id / local path or ``tiny:<size>``. dtype: parameter (master) dtype;
+    compute_dtype: autocast dtype on CUDA (float32 = no autocast)."""
+
+    policy: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    dtype: Dtype = "float32"
+    compute_dtype: Dtype = "bfloat16"
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class DataConfig:
+    """train: .jsonl / .parquet path or Hub dataset id; dataset: field mapping (None = infer)."""
+
+    train: str = "agentica-org/DeepScaleR-Preview-Dataset"
+    dataset: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    max_prompt_tokens: int = 1024
+
+
+@dataclass
+class RolloutConfig:
+    """engine: "hf" (model.generate) or "vllm" (colocated, sleep mode)."""
+
+    engine: Literal["hf", "vllm"] = "vllm"
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    generation_batch_size: int = 64
+    gpu_memory_utilization: float = 0.4
+    enforce_eager: bool = False
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "sppo"
+    n_samples: int | None = None
+    kl_coef: float | None = None
+    clip_eps: float = 0.2
+    dual_clip: float | None = 3.0
+    entropy_coef: float = 0.0
+    aggregation: str = "token-mean"
+    grpo_normalize_std: bool = True
+    gamma: float = 1.0
+    lam: float = 1.0
+    value_clip: float | None = 0.5
+    reinforce_baseline: Literal["mean", "none"] = "mean"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class CriticConfig:
+    """model: None = the policy's model. lr, warmup_steps: None = the paper's per algorithm."""
+
+    model: str | None = None
+    lr: float | None = None
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """batch_size and mini_batch_size count prompts; micro_batch_size counts rows."""
+
+    steps: int = 1000
+    batch_size: int = 256
+    mini_batch_size: int = 128
+    micro_batch_size: int = 4
+    ppo_epochs: int = 1
+    seed: int = 0
+    save_every: int = 10
+    output_dir: str = "runs/llm"
+    device: str = "auto"
+    reward_workers: int = 2
+    reward_timeout_s: float = 5.0
+
+
+@dataclass
+class EvalConfig:
+    """sets: files (or Hub ids) read with ``data.load_problems``; Average@k at temperature."""
+
+    sets: list[str] = field(default_factory=list)
+    k: int = 16
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    limit: int | None = None
+    output_dir: str = "runs/llm-eval"
+
+
+@dataclass
+class LLMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    actor: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
+    """Fill the ``None`` per-algorithm fields (table above) and check the batch arithmetic."""
+    spec = get_estimator(cfg.algo.name)
+    name = spec.name
+    algo = replace(
+        cfg.algo,
+        name=name,
+        n_samples=cfg.algo.n_samples or PAPER_SAMPLES[name],
+        kl_coef=PAPER_KL.get(name, 0.0) if cfg.algo.kl_coef is None else cfg.algo.kl_coef,
+    )
+    critic = replace(
+        cfg.critic,
+        model=cfg.critic.model or cfg.model.policy,
+        lr=PAPER_CRITIC_LR.get(name, 5e-6) if cfg.critic.lr is None else cfg.critic.lr,
+        warmup_steps=(
+            PAPER_CRITIC_WARMUP.get(name, 0)
+            if cfg.critic.warmup_steps is None
+            else cfg.critic.warmup_steps
+        ),
+    )
+    if spec.needs_groups and algo.n_samples < 2:
+        raise UserError(f"algo {name!r} needs algo.n_samples >= 2, got {algo.n_samples}")
+    t = cfg.train
+    if t.batch_size < 1 or t.mini_batch_size < 1 or t.micro_batch_size < 1:
+        raise UserError("train.batch_size, mini_batch_size and micro_batch_size must be >= 1")
+    if t.batch_size % t.mini_batch_size:
+        raise UserError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of train.mini_batch_size "
+            f"({t.mini_batch_size})"
+        )
+    return replace(cfg, algo=algo, critic=critic)

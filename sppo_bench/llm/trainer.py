@@ -1,0 +1,401 @@
+"""One RL loop for every estimator of ``sppo_bench.core`` on verifiable math prompts.
+
+Per step: generate ``n`` responses for ``batch_size`` prompts (plus a greedy one per prompt for
+ReMax) -> reward R in {0, 1} from ``reward_fn`` -> critic predictions (SPPO: V(s_p) at the last
+prompt token; PPO-GAE: V(s_t) per response token) -> recomputed old log-probs (and reference
+log-probs for an in-reward KL) -> ``compute_advantages`` -> critic update -> policy update in
+mini-/micro-batches -> weight sync to the engine. One JSON row per step goes to
+``<run_dir>/metrics.jsonl``; ``checkpoint.pt`` (policy, critic, optimisers, step, RNG) is written
+atomically every ``save_every`` steps and a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sppo_bench.config import to_dict, write_yaml_atomic
+from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
+from sppo_bench.errors import UserError
+from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_text
+from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
+from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
+from sppo_bench.llm.rollout import RolloutBatch
+from sppo_bench.llm.update import critic_predictions, critic_update, policy_log_probs
+from sppo_bench.llm.update import policy_update as run_policy_update
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_engine(cfg: LLMConfig, policy, tokenizer):
+    """The configured rollout engine, sampling from ``policy``."""
+    if cfg.rollout.engine == "hf":
+        from sppo_bench.llm.rollout import HFEngine
+
+        return HFEngine(policy, tokenizer, cfg.rollout.generation_batch_size)
+    from sppo_bench.llm.vllm_engine import VLLMEngine
+
+    return VLLMEngine.from_policy(
+        policy,
+        tokenizer,
+        name=cfg.model.policy,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        dtype=cfg.model.compute_dtype,
+        seed=cfg.train.seed,
+        enforce_eager=cfg.rollout.enforce_eager,
+    )
+
+
+def load_prompts(cfg: LLMConfig, tokenizer) -> tuple[list[str], list[str]]:
+    """(chat-formatted prompts, gold answers) of the training set, over-long prompts dropped."""
+    from sppo_bench.llm.data import build_prompt, load_problems
+
+    problems = load_problems(cfg.data.train, cfg.data.dataset, cfg.data.split, cfg.data.limit)
+    prompts = [build_prompt(tokenizer, p.question) for p in problems]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    keep = [i for i, n in enumerate(lengths) if n <= cfg.data.max_prompt_tokens]
+    if not keep:
+        limit = cfg.data.max_prompt_tokens
+        raise UserError(f"no training prompt fits in data.max_prompt_tokens={limit}")
+    return [prompts[i] for i in keep], [problems[i].answer for i in keep]
+
+
+class LLMTrainer:
+    """Build with a resolved-or-not ``LLMConfig``; ``train()`` runs (or resumes) to the end.
+
+    ``reward_fn``, ``prompts``/``golds`` and ``engine`` may be injected; by default they are the
+    verifier, the recipe's training set and the recipe's engine.
+    """
+
+    def __init__(
+        self,
+        cfg: LLMConfig,
+        run_dir: str | Path | None = None,
+        reward_fn: RewardFn | None = None,
+        prompts: Sequence[str] | None = None,
+        golds: Sequence[str] | None = None,
+        engine=None,
+    ) -> None:
+        self.cfg = cfg = resolve_algorithm_defaults(cfg)
+        self.spec = get_estimator(cfg.algo.name)
+        self.run_dir = Path(run_dir or cfg.train.output_dir)
+        self.device = pick_device(cfg.train.device)
+        _seed_everything(cfg.train.seed)
+        self.tokenizer = load_tokenizer(cfg.model.policy)
+        self.policy = load_policy(cfg.model.policy, self.tokenizer, cfg.model.dtype, cfg.train.seed)
+        self.policy.to(self.device)
+        self.critic = build_critic(
+            self.spec.critic, cfg.critic.model, self.tokenizer, cfg.model.dtype, cfg.train.seed + 1
+        )
+        if cfg.model.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.ref = None
+        if cfg.algo.kl_coef > 0:
+            self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        a = cfg.actor
+        self.actor_opt = torch.optim.AdamW(
+            self.policy.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
+        )
+        self.critic_opt = None
+        if self.critic is not None:
+            self.critic.to(self.device)
+            if cfg.model.gradient_checkpointing:
+                self.critic.backbone.gradient_checkpointing_enable()
+            self.critic_opt = torch.optim.AdamW(
+                self.critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.critic.weight_decay
+            )
+        if prompts is None:
+            prompts, golds = load_prompts(cfg, self.tokenizer)
+        if golds is None or len(golds) != len(prompts):
+            raise UserError("the trainer needs one gold answer per prompt")
+        self.prompts, self.golds = list(prompts), list(golds)
+        self.verifier = None
+        if reward_fn is None:
+            from sppo_bench.llm.verifier import Verifier
+
+            self.verifier = Verifier(cfg.train.reward_workers, cfg.train.reward_timeout_s)
+            reward_fn = self.verifier.score_batch
+        self.reward_fn = reward_fn
+        if engine is None:
+            engine = make_engine(cfg, self.policy, self.tokenizer)
+        self.engine = engine
+        self.step = 0
+
+    # ----------------------------------------------------------------- helpers
+    def autocast(self):
+        dtype = DTYPES[self.cfg.model.compute_dtype]
+        if self.device.type == "cuda" and dtype != torch.float32:
+            return torch.autocast("cuda", dtype=dtype)
+        return nullcontext()
+
+    def prompt_indices(self, step: int) -> list[int]:
+        """Prompts of ``step``: a fresh permutation of the set per epoch, from (seed, epoch)."""
+        n, size = len(self.prompts), self.cfg.train.batch_size
+        out = []
+        for pos in range(step * size, (step + 1) * size):
+            epoch, offset = divmod(pos, n)
+            perm = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(n)
+            out.append(int(perm[offset]))
+        return out
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, r = self.cfg, self.cfg.rollout
+        n = cfg.algo.n_samples
+        times = {}
+        idx = self.prompt_indices(step)
+        prompts = [self.prompts[i] for i in idx]
+        t0 = time.perf_counter()
+        self.engine.wake_up()
+        batch = self.engine.generate(prompts, n, r.temperature, r.top_p, r.max_new_tokens)
+        greedy = None
+        if self.spec.needs_greedy_baseline:
+            greedy = self.engine.generate(prompts, 1, 0.0, 1.0, r.max_new_tokens)
+        self.engine.sleep()
+        times["time_generation"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        before = self.verifier.stats if self.verifier is not None else {}
+        golds = [self.golds[idx[i]] for i in batch.prompt_index.tolist()]
+        reward = torch.tensor(self.reward_fn(batch.texts, golds), dtype=torch.float32)
+        baseline = None
+        if greedy is not None:
+            greedy_golds = [self.golds[idx[i]] for i in greedy.prompt_index.tolist()]
+            greedy_r = torch.tensor(self.reward_fn(greedy.texts, greedy_golds))
+            baseline = greedy_r[batch.prompt_index].float().to(self.device)
+        times["time_reward"] = time.perf_counter() - t0
+
+        batch = batch.to(self.device)
+        reward = reward.to(self.device)
+        mask = batch.response_mask.float()
+        micro = cfg.train.micro_batch_size
+        t0 = time.perf_counter()
+        predictions = None
+        if self.critic is not None:
+            predictions = critic_predictions(
+                self.critic, self.spec.critic, batch, micro, self.autocast
+            )
+        times["time_critic"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        old_lp = policy_log_probs(self.policy, batch, micro, r.temperature, self.autocast)
+        rewards = torch.zeros_like(mask)
+        last = (mask.sum(dim=1).long() - 1).clamp_min(0)
+        rewards[torch.arange(len(batch), device=self.device), last] = reward
+        row: dict[str, float] = {}
+        if self.ref is not None:
+            ref_lp = policy_log_probs(self.ref, batch, micro, r.temperature, self.autocast)
+            kl = (old_lp - ref_lp) * mask
+            rewards = rewards - cfg.algo.kl_coef * kl
+            row["kl_ref"] = float(kl.sum() / mask.sum().clamp_min(1))
+        out = compute_advantages(
+            self.spec.name,
+            AdvantageInput(
+                rewards=rewards,
+                mask=mask,
+                values=predictions if self.spec.critic == "step" else None,
+                value_logits=predictions if self.spec.critic == "sequence" else None,
+                group_ids=batch.prompt_index,
+                baseline_rewards=baseline,
+            ),
+            **self._estimator_params(),
+        )
+        times["time_update"] = time.perf_counter() - t0
+
+        rows_per_mini = cfg.train.mini_batch_size * n
+        if self.critic is not None:
+            t0 = time.perf_counter()
+            row.update(
+                critic_update(
+                    self.critic,
+                    self.spec.critic,
+                    self.critic_opt,
+                    batch,
+                    out.value_targets,
+                    predictions if self.spec.critic == "step" else None,
+                    rows_per_mini,
+                    micro,
+                    value_clip=cfg.algo.value_clip,
+                    aggregation=cfg.algo.aggregation,
+                    grad_clip=cfg.critic.grad_clip,
+                    epochs=cfg.train.ppo_epochs,
+                    autocast=self.autocast,
+                )
+            )
+            row.update(_calibration(predictions, self.spec.critic, reward))
+            times["time_critic"] += time.perf_counter() - t0
+
+        if step >= cfg.critic.warmup_steps or self.critic is None:
+            t0 = time.perf_counter()
+            row.update(
+                run_policy_update(
+                    self.policy,
+                    self.actor_opt,
+                    batch,
+                    old_lp,
+                    out.advantages,
+                    rows_per_mini,
+                    micro,
+                    r.temperature,
+                    clip_eps=cfg.algo.clip_eps,
+                    dual_clip=cfg.algo.dual_clip,
+                    entropy_coef=cfg.algo.entropy_coef,
+                    aggregation=cfg.algo.aggregation,
+                    grad_clip=cfg.actor.grad_clip,
+                    epochs=cfg.train.ppo_epochs,
+                    autocast=self.autocast,
+                )
+            )
+            times["time_update"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.engine.sync_weights(self.policy)
+            times["time_weight_sync"] = time.perf_counter() - t0
+        else:
+            times["time_weight_sync"] = 0.0
+        row.update(_rollout_stats(batch, reward, out.advantages, old_lp))
+        times["time_step"] = sum(times.values())
+        row["tokens_per_s"] = float(mask.sum()) / max(times["time_generation"], 1e-9)
+        row.update(times)
+        if self.verifier is not None:
+            after = self.verifier.stats  # this step's counts (the verifier's are cumulative)
+            row.update({f"verifier_{k}": v - before.get(k, 0) for k, v in after.items()})
+        return row
+
+    def _estimator_params(self) -> dict[str, object]:
+        a = self.cfg.algo
+        return {
+            "gae": {"gamma": a.gamma, "lam": a.lam},
+            "grpo": {"normalize_std": a.grpo_normalize_std},
+            "reinforce": {"baseline": a.reinforce_baseline},
+        }.get(self.spec.name, {})
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "policy": self.policy.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic": self.critic.state_dict() if self.critic is not None else None,
+            "critic_opt": self.critic_opt.state_dict() if self.critic_opt is not None else None,
+            "rng": _rng_state(),
+        }
+        atomic_torch_save(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.policy.load_state_dict(state["policy"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        if self.critic is not None:
+            if state["critic"] is None:
+                raise UserError(
+                    f"checkpoint {self.checkpoint_path} has no critic for {self.spec.name}"
+                )
+            self.critic.load_state_dict(state["critic"])
+            self.critic_opt.load_state_dict(state["critic_opt"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.engine.sync_weights(self.policy)
+        return True
+
+    # ----------------------------------------------------------------- loop
+    def train(self, progress: bool = True) -> list[dict[str, float]]:
+        """Run (or resume) to ``train.steps``; returns the rows written in this call."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml_atomic(self.run_dir / "config.yaml", to_dict(cfg))
+        metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        if self.load_checkpoint():
+            metrics.truncate_after("step", self.step)
+        else:
+            metrics.truncate_after("step", 0)
+        rows = []
+        bar = tqdm(
+            range(self.step, cfg.train.steps),
+            desc=f"{self.spec.name}",
+            disable=not progress,
+            initial=self.step,
+            total=cfg.train.steps,
+        )
+        for step in bar:
+            row = {"step": step + 1, **self.train_step(step)}
+            metrics.append(row)
+            rows.append(row)
+            self.step = step + 1
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
+            if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                self.save_checkpoint()
+        if self.step >= cfg.train.steps:
+            atomic_write_text(self.run_dir / "done", f"{self.step}\n")
+        return rows
+
+    def close(self) -> None:
+        if self.verifier is not None:
+            self.verifier.close()
+
+
+def _calibration(predictions: torch.Tensor, kind: str, reward: torch.Tensor) -> dict[str, float]:
+    """Brier score and mean V vs mean R of the critic's pre-update V(s_0)."""
+    v = torch.sigmoid(predictions) if kind == "sequence" else predictions[:, 0]
+    return {
+        "critic_brier": float(((v - reward) ** 2).mean()),
+        "value_mean": float(v.mean()),
+    }
+
+
+def _rollout_stats(batch: RolloutBatch, reward, advantages, old_lp) -> dict[str, float]:
+    mask = batch.response_mask.float()
+    lengths = mask.sum(dim=1)
+    return {
+        "reward_mean": float(reward.mean()),
+        "response_length_mean": float(lengths.mean()),
+        "response_length_max": float(lengths.max()),
+        "truncated_fraction": float(batch.truncated.float().mean()),
+        "advantage_mean": float((advantages * mask).sum() / mask.sum().clamp_min(1)),
+        "rollout_log_prob_gap": float(
+            ((batch.log_probs - old_lp).abs() * mask).sum() / mask.sum().clamp_min(1)
+        ),
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, object]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, object]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
