@@ -321,6 +321,7 @@ def run_suite(
     """
     start = time.monotonic()
     runs_dir = Path(runs_dir).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
     run_fn = run_fn or default_run_fn
     clone_fn = clone_fn or default_clone_fn
     workers = workers or max(1, os.cpu_count() or 1)

@@ -102,6 +102,11 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             state = run_state(spec, args.runs_dir)
             print(f"{state:<7} {spec}  episodes={spec.episodes}  {' '.join(spec.overrides)}")
         return 0
+    states = [run_state(spec, args.runs_dir) for spec in specs]
+    print(
+        f"suite {profile.name}: {len(specs)} runs: {states.count('done')} done (skipped), "
+        f"{states.count('resume')} to resume, {states.count('new')} new; runs in {args.runs_dir}/"
+    )
     result = run_suite(specs, args.runs_dir, args.executor, args.workers, args.ray_address)
     _print_result(result)
     return 1 if result.failed else 0
