@@ -318,7 +318,14 @@ def plot_calibration(runs: Sequence[Run], out: Path, bins: int = 10) -> Path:
     edges = np.linspace(0.0, 1.0, bins + 1)
     for ax, (task, (v0, rate, source)) in zip(axes[0], panels.items(), strict=True):
         ax.plot([0, 1], [0, 1], color="0.4", ls="--", lw=1, label="perfect calibration")
-        ax.scatter(v0, rate, s=8, color="0.55", alpha=0.35, label="start states / episodes")
+        ax.scatter(
+            v0,
+            rate,
+            s=8,
+            color="0.55",
+            alpha=0.35,
+            label="episodes" if "binary" in source else "start states",
+        )
         which = np.clip(np.digitize(v0, edges) - 1, 0, bins - 1)
         xs, ys, errs, counts = [], [], [], []
         for b in range(bins):
@@ -339,7 +346,7 @@ def plot_calibration(runs: Sequence[Run], out: Path, bins: int = 10) -> Path:
             color=ALGO_COLORS["sppo"],
             edgecolor="k",
             zorder=3,
-            label=f"bin mean (size ~ count)\nSpearman {rho:.2f}, Pearson {r:.2f}",
+            label=f"bin mean (size ~ count)\nall points: Spearman {rho:.2f}, Pearson {r:.2f}",
         )
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
