@@ -185,7 +185,9 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     finally:
         ray.shutdown()
     assert [str(s) for s in result.skipped] == ["mountaincar/sppo/seed0"]
-    assert [str(s) for s, _ in result.failed] == ["mountaincar/ppo-gae/seed1"]
+    assert [(str(s), why) for s, why in result.failed] == [
+        ("mountaincar/ppo-gae/seed1", "ValueError: diverged")
+    ]
     assert len(result.finished) == 2
     events = _events(tmp_path)
     assert [e["kind"] for e in events].count("clone") == 1

@@ -280,7 +280,13 @@ class _RayExecutor:
         return done
 
     def result(self, handle: Any) -> Any:
-        return self.ray.get(handle)
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as exc:  # re-raise what the task raised
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
 
     def shutdown(self) -> None:
         pass
