@@ -97,7 +97,10 @@ def load_profile(name_or_path: str) -> Profile:
     allowed = {"description", "algos", "seeds", "tasks"}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise UserError(f"unknown key {unknown[0]!r} in profile {str(path)!r}; valid: {allowed}")
+        raise UserError(
+            f"unknown key {unknown[0]!r} in profile {str(path)!r}; "
+            f"valid: {', '.join(sorted(allowed))}"
+        )
     algos = tuple(data.get("algos") or ())
     validate_algos(algos)
     tasks_data = data.get("tasks")
