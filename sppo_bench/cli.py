@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from sppo_bench import __version__
 from sppo_bench.errors import UserError
 
-COMMAND_MODULES: tuple[str, ...] = ("sppo_bench.commands.info", "sppo_bench.commands.llm")
+COMMAND_MODULES: tuple[str, ...] = (
+    "sppo_bench.commands.suite",
+    "sppo_bench.commands.llm",
+    "sppo_bench.commands.info",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,219 @@
+"""The suite report: per-task IQM [95% CI], aggregate IQM, P(SPPO > PPO-GAE), episodes to a
+success threshold; written as ``summary.csv``, ``summary.md``, ``runs.csv`` and per-run compact
+metrics CSVs (``runs/<task>/<algo>/seed<k>.csv``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sppo_bench.analysis.figures import algo_label, task_order, task_title
+from sppo_bench.analysis.runs import (
+    DEFAULT_FINAL_EVALS,
+    DEFAULT_METRIC,
+    discover_runs,
+    export_all_compact,
+    runs_table,
+)
+from sppo_bench.analysis.stats import (
+    Estimate,
+    iqm_ci,
+    median_episodes_to_threshold,
+    probability_of_improvement,
+)
+from sppo_bench.io import atomic_write_text
+
+BOOTSTRAP_REPS = 2000
+AGGREGATE = "aggregate"
+
+
+@dataclass
+class Report:
+    runs: pd.DataFrame  # one row per run (runs_table)
+    summary: pd.DataFrame  # one row per (task or "aggregate", algo)
+    improvement: Estimate | None  # P(SPPO > PPO-GAE) over the tasks both have
+    improvement_tasks: list[str]
+    markdown: str
+
+
+def _fmt_episodes(value: float) -> str:
+    if np.isnan(value):
+        return "n/a"
+    return "not reached" if np.isinf(value) else f"{value:,.0f}"
+
+
+def build_report(
+    runs_dir: Path,
+    tasks: list[str] | None = None,
+    algos: list[str] | None = None,
+    metric: str = DEFAULT_METRIC,
+    final_evals: int = DEFAULT_FINAL_EVALS,
+    threshold: float = 0.8,
+    include_unfinished: bool = False,
+    compare: tuple[str, str] = ("sppo", "ppo-gae"),
+    seed: int = 0,
+) -> Report:
+    """Aggregate the (finished) runs under ``runs_dir``; see the module docstring."""
+    runs = discover_runs(runs_dir, tasks, algos, finished_only=not include_unfinished)
+    table = runs_table(runs, metric, final_evals, threshold)
+    task_list = sorted(table["task"].unique(), key=task_order)
+    algo_list = sorted(
+        table["algo"].unique(), key=lambda a: (compare.index(a) if a in compare else 9, a)
+    )
+    rows = []
+    for algo in algo_list:
+        per_task = []
+        for task in task_list:
+            cell = table[(table.task == task) & (table.algo == algo)]
+            if cell.empty:
+                continue
+            scores = cell["final_success"].to_numpy(float)
+            per_task.append(scores)
+            est = iqm_ci([scores], reps=BOOTSTRAP_REPS, seed=seed)
+            eps = cell["episodes_to_threshold"].to_numpy(float)
+            rows.append(
+                {
+                    "task": task,
+                    "algo": algo,
+                    "n_runs": len(cell),
+                    "iqm": est.point,
+                    "ci_lo": est.lo,
+                    "ci_hi": est.hi,
+                    "mean": float(scores.mean()),
+                    "initial_success": float(cell["initial_success"].mean()),
+                    "episodes_to_threshold_median": median_episodes_to_threshold(eps),
+                    "reached_threshold": int(np.sum(~np.isnan(eps))),
+                }
+            )
+        est = iqm_ci(per_task, reps=BOOTSTRAP_REPS, seed=seed)
+        rows.append(
+            {
+                "task": AGGREGATE,
+                "algo": algo,
+                "n_runs": int(sum(len(s) for s in per_task)),
+                "iqm": est.point,
+                "ci_lo": est.lo,
+                "ci_hi": est.hi,
+                "mean": float(np.mean(np.concatenate(per_task))),
+            }
+        )
+    summary = pd.DataFrame(rows)
+    x_algo, y_algo = compare
+    both = [
+        t
+        for t in task_list
+        if ((table.task == t) & (table.algo == x_algo)).any()
+        and ((table.task == t) & (table.algo == y_algo)).any()
+    ]
+    improvement = None
+    if both:
+        xs = [
+            table[(table.task == t) & (table.algo == x_algo)]["final_success"].to_numpy()
+            for t in both
+        ]
+        ys = [
+            table[(table.task == t) & (table.algo == y_algo)]["final_success"].to_numpy()
+            for t in both
+        ]
+        improvement = probability_of_improvement(xs, ys, reps=BOOTSTRAP_REPS, seed=seed)
+    md = _markdown(
+        summary, task_list, algo_list, improvement, both, compare, metric, final_evals, threshold
+    )
+    return Report(table, summary, improvement, both, md)
+
+
+def _markdown(
+    summary: pd.DataFrame,
+    tasks: list[str],
+    algos: list[str],
+    improvement: Estimate | None,
+    improvement_tasks: list[str],
+    compare: tuple[str, str],
+    metric: str,
+    final_evals: int,
+    threshold: float,
+) -> str:
+    def cell(task: str, algo: str) -> pd.Series | None:
+        hit = summary[(summary.task == task) & (summary.algo == algo)]
+        return None if hit.empty else hit.iloc[0]
+
+    header = "| task | cloned policy | " + " | ".join(algo_label(a) for a in algos) + " |"
+    rule = "|---|---|" + "---|" * len(algos)
+    lines = [
+        "## Control suite: final success rate",
+        "",
+        f"Final success = {metric} evaluation success averaged over the last {final_evals} "
+        "evaluation points of each run. Cells: IQM over seeds [95% stratified bootstrap CI, "
+        f"{BOOTSTRAP_REPS} resamples] (n runs). Cloned policy = mean success at update 0.",
+        "",
+        header,
+        rule,
+    ]
+    for task in tasks:
+        parts, initial = [], []
+        for algo in algos:
+            c = cell(task, algo)
+            if c is None:
+                parts.append("-")
+                continue
+            initial.append(c["initial_success"])
+            est = Estimate(c["iqm"], c["ci_lo"], c["ci_hi"])
+            parts.append(f"{est.format()} (n={int(c['n_runs'])})")
+        lines.append(f"| {task_title(task)} | {np.mean(initial):.2f} | " + " | ".join(parts) + " |")
+    agg = []
+    for algo in algos:
+        c = cell(AGGREGATE, algo)
+        agg.append(Estimate(c["iqm"], c["ci_lo"], c["ci_hi"]).format())
+    lines.append("| **aggregate IQM** | | " + " | ".join(f"**{a}**" for a in agg) + " |")
+    lines.append("")
+    x, y = (algo_label(a) for a in compare)
+    if improvement is not None:
+        names = ", ".join(task_title(t) for t in improvement_tasks)
+        lines.append(
+            f"Probability of improvement P({x} > {y}) = {improvement.format()} "
+            f"(Mann-Whitney per task, averaged over {len(improvement_tasks)} tasks: {names})."
+        )
+    else:
+        lines.append(f"Probability of improvement P({x} > {y}): no task has runs of both.")
+    lines += [
+        "",
+        f"## Sample efficiency: training episodes to reach success >= {threshold:g}",
+        "",
+        "First evaluation point at or above the threshold; median over seeds, runs that never "
+        "reach it counted as infinitely slow; (k/n) = runs that reached it.",
+        "",
+        "| task | " + " | ".join(algo_label(a) for a in algos) + " |",
+        "|---|" + "---|" * len(algos),
+    ]
+    for task in tasks:
+        parts = []
+        for algo in algos:
+            c = cell(task, algo)
+            if c is None:
+                parts.append("-")
+            else:
+                med = _fmt_episodes(c["episodes_to_threshold_median"])
+                parts.append(f"{med} ({int(c['reached_threshold'])}/{int(c['n_runs'])})")
+        lines.append(f"| {task_title(task)} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report, runs_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Write summary.csv, summary.md, runs.csv and per-run compact CSVs into ``out_dir``."""
+    out_dir = Path(out_dir)
+    paths = {
+        "summary_csv": out_dir / "summary.csv",
+        "summary_md": out_dir / "summary.md",
+        "runs_csv": out_dir / "runs.csv",
+        "per_run_csv": out_dir / "runs",
+    }
+    atomic_write_text(paths["summary_csv"], report.summary.to_csv(index=False, float_format="%.4g"))
+    atomic_write_text(paths["summary_md"], report.markdown)
+    atomic_write_text(paths["runs_csv"], report.runs.to_csv(index=False, float_format="%.5g"))
+    selected = {(r.task, r.algo, r.seed) for r in report.runs.itertuples()}
+    runs = [r for r in discover_runs(runs_dir) if (r.task, r.algo, r.seed) in selected]
+    export_all_compact(runs, paths["per_run_csv"])
+    return paths

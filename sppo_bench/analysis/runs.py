@@ -1,0 +1,236 @@
+"""Discover and load control-track run directories.
+
+Layout read here (the control track writes it)::
+
+    <runs_dir>/control/<task>/<algo>/seed<k>/
+        config.yaml  metrics.jsonl  checkpoints/latest.pt  values/update_<u:06d>.npz  done
+        calibration.npz   (optional, SPPO runs only)
+
+``metrics.jsonl`` has one JSON object per update; evaluation rows carry
+``eval/success_deterministic`` and ``eval/success_stochastic``. The cached ``expert/`` and
+``clone/`` stages sit beside the algorithm folders and are not runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sppo_bench.analysis.stats import episodes_to_threshold
+from sppo_bench.errors import UserError
+from sppo_bench.io import MetricsWriter, atomic_write_text
+
+EVAL_METRICS = {
+    "stochastic": "eval/success_stochastic",
+    "deterministic": "eval/success_deterministic",
+}
+DEFAULT_METRIC = "stochastic"
+DEFAULT_FINAL_EVALS = 3
+STAGE_DIRS = frozenset({"expert", "clone"})
+COMPACT_COLUMNS = (
+    "update",
+    "episodes",
+    "env_steps",
+    "wall_time",
+    "train/success_rate",
+    "eval/success_deterministic",
+    "eval/success_stochastic",
+    "losses/policy",
+    "losses/value",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "value/mean",
+    "value/explained_variance",
+    "charts/SPS",
+)
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+_VALUES_FILE = re.compile(r"^update_(\d+)\.npz$")
+
+
+def metric_key(metric: str) -> str:
+    """``"stochastic"`` / ``"deterministic"`` -> the metrics-row key; a one-line error otherwise."""
+    if metric not in EVAL_METRICS:
+        raise UserError(f"unknown evaluation metric {metric!r}; valid: {', '.join(EVAL_METRICS)}")
+    return EVAL_METRICS[metric]
+
+
+@dataclass
+class Run:
+    """One RL run directory and lazily loaded contents."""
+
+    task: str
+    algo: str
+    seed: int
+    path: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "done").is_file()
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """All metrics rows as a DataFrame (``null`` -> NaN), sorted by update."""
+        rows = MetricsWriter(self.path / "metrics.jsonl").rows()
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return pd.DataFrame(columns=list(COMPACT_COLUMNS))
+        frame = frame.apply(pd.to_numeric, errors="coerce")
+        return frame.sort_values("update", kind="stable").reset_index(drop=True)
+
+    def eval_curve(self, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
+        """Evaluation rows: columns ``update, episodes, wall_time, success`` in training order."""
+        key = metric_key(metric)
+        frame = self.metrics
+        if key not in frame.columns:
+            return pd.DataFrame(columns=["update", "episodes", "wall_time", "success"])
+        rows = frame[frame[key].notna()]
+        return pd.DataFrame(
+            {
+                "update": rows["update"].to_numpy(),
+                "episodes": rows["episodes"].to_numpy(dtype=float),
+                "wall_time": rows["wall_time"].to_numpy(dtype=float),
+                "success": rows[key].to_numpy(dtype=float),
+            }
+        )
+
+    def final_success(self, metric: str = DEFAULT_METRIC, last: int = DEFAULT_FINAL_EVALS) -> float:
+        """Evaluation success averaged over the last ``last`` evaluation points (NaN if none)."""
+        if last < 1:
+            raise UserError(f"--final-evals must be at least 1, got {last}")
+        success = self.eval_curve(metric)["success"].to_numpy(dtype=float)
+        return float(success[-last:].mean()) if success.size else float("nan")
+
+    def value_files(self) -> list[tuple[int, Path]]:
+        """``(update, path)`` of every values npz, sorted by update."""
+        folder = self.path / "values"
+        if not folder.is_dir():
+            return []
+        found = []
+        for p in folder.iterdir():
+            m = _VALUES_FILE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def calibration(self) -> dict[str, np.ndarray] | None:
+        """``{"v0": [K], "success_rate": [K]}`` from ``calibration.npz``, or None if absent."""
+        path = self.path / "calibration.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return {
+                "v0": data["v0"].astype(float),
+                "success_rate": data["success_rate"].astype(float),
+            }
+
+
+def load_values(path: Path) -> dict[str, np.ndarray]:
+    """One values npz as a dict: ``success [E]``, ``v0 [E]``, ``lengths [E]``, ``values [E, H]``
+    (the last only for per-step critics)."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def discover_runs(
+    runs_dir: Path,
+    tasks: Iterable[str] | None = None,
+    algos: Iterable[str] | None = None,
+    finished_only: bool = False,
+) -> list[Run]:
+    """All run directories under ``runs_dir/control`` that have a metrics file.
+
+    ``tasks`` / ``algos`` filter (None = all). A missing folder, or no run at all, is a
+    one-line ``UserError``.
+    """
+    runs_dir = Path(runs_dir)
+    root = runs_dir / "control"
+    if not root.is_dir():
+        raise UserError(
+            f"no control runs under {str(runs_dir)!r} (expected {str(root)!r}); "
+            "run `sppo-bench suite run` first or pass --runs-dir"
+        )
+    task_set = set(tasks) if tasks else None
+    algo_set = set(algos) if algos else None
+    runs = []
+    for task_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if task_set is not None and task_dir.name not in task_set:
+            continue
+        for algo_dir in sorted(p for p in task_dir.iterdir() if p.is_dir()):
+            if algo_dir.name in STAGE_DIRS or (
+                algo_set is not None and algo_dir.name not in algo_set
+            ):
+                continue
+            for seed_dir in algo_dir.iterdir():
+                m = _SEED_DIR.match(seed_dir.name)
+                if not (m and (seed_dir / "metrics.jsonl").is_file()):
+                    continue
+                run = Run(task_dir.name, algo_dir.name, int(m.group(1)), seed_dir)
+                if finished_only and not run.done:
+                    continue
+                runs.append(run)
+    runs.sort(key=lambda r: (r.task, r.algo, r.seed))
+    if not runs:
+        what = "finished runs" if finished_only else "runs"
+        filters = []
+        if task_set:
+            filters.append(f"tasks {', '.join(sorted(task_set))}")
+        if algo_set:
+            filters.append(f"algos {', '.join(sorted(algo_set))}")
+        where = f" for {' and '.join(filters)}" if filters else ""
+        raise UserError(f"no {what} found under {str(root)!r}{where}")
+    return runs
+
+
+def runs_table(
+    runs: Iterable[Run],
+    metric: str = DEFAULT_METRIC,
+    final_evals: int = DEFAULT_FINAL_EVALS,
+    threshold: float = 0.8,
+) -> pd.DataFrame:
+    """One row per run: identity, progress, final success and episodes to ``threshold``."""
+    rows = []
+    for run in runs:
+        curve = run.eval_curve(metric)
+        last = run.metrics.iloc[-1] if len(run.metrics) else None
+        rows.append(
+            {
+                "task": run.task,
+                "algo": run.algo,
+                "seed": run.seed,
+                "done": run.done,
+                "updates": int(last["update"]) if last is not None else 0,
+                "episodes": float(last["episodes"]) if last is not None else 0.0,
+                "env_steps": float(last["env_steps"]) if last is not None else 0.0,
+                "wall_time_s": float(last["wall_time"]) if last is not None else 0.0,
+                "eval_points": len(curve),
+                "initial_success": float(curve["success"].iloc[0]) if len(curve) else np.nan,
+                "final_success": run.final_success(metric, final_evals),
+                "episodes_to_threshold": episodes_to_threshold(
+                    curve["episodes"].to_numpy(), curve["success"].to_numpy(), threshold
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def export_compact_csv(run: Run, path: Path) -> Path:
+    """Write the run's metrics (the contract's scalar keys, 5 significant digits) as a CSV."""
+    frame = run.metrics
+    columns = [c for c in COMPACT_COLUMNS if c in frame.columns]
+    atomic_write_text(path, frame[columns].to_csv(index=False, float_format="%.5g"))
+    return path
+
+
+def export_all_compact(runs: Iterable[Run], out_dir: Path) -> list[Path]:
+    """``out_dir/<task>/<algo>/seed<k>.csv`` for every run."""
+    return [
+        export_compact_csv(run, Path(out_dir) / run.task / run.algo / f"seed{run.seed}.csv")
+        for run in runs
+    ]

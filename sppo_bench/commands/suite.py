@@ -1,0 +1,227 @@
+"""``sppo-bench suite run|report``, ``sppo-bench plot curves|tail-effect|calibration`` and
+``sppo-bench demo``: the control suite across seeds, its statistics and its figures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from sppo_bench.analysis.runs import DEFAULT_FINAL_EVALS, DEFAULT_METRIC, EVAL_METRICS
+from sppo_bench.errors import UserError
+
+DEMO_TASKS = ("precision_cartpole", "mountaincar")
+DEMO_ALGOS = ("sppo", "ppo-gae")
+DEMO_SEEDS = 3
+FIGURE_NAMES = {"curves": "learning_curves.png", "calibration": "calibration.png"}
+
+
+def _add_run_args(parser: argparse.ArgumentParser, runs_dir: Path | None = Path("runs")) -> None:
+    where = "run folder root" + ("" if runs_dir else " (default: <out>/runs)")
+    parser.add_argument("--runs-dir", type=Path, default=runs_dir, help=where)
+    parser.add_argument("--executor", default="local", help="local (process pool) or ray")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parallel runs (default: one per core)"
+    )
+
+
+def _add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
+    parser.add_argument(
+        "--final-evals",
+        type=int,
+        default=DEFAULT_FINAL_EVALS,
+        help="evaluation points averaged into a run's final success",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.8, help="success rate for sample efficiency"
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    suite = subparsers.add_parser("suite", help="run the control suite over seeds; report")
+    suite_sub = suite.add_subparsers(dest="suite_command", metavar="{run,report}", required=True)
+    run = suite_sub.add_parser("run", help="run tasks x algorithms x seeds of a profile")
+    run.add_argument("--profile", default="quick", help="quick, standard, paper or a .yaml path")
+    run.add_argument("--tasks", nargs="+", default=None, help="subset of the profile's tasks")
+    run.add_argument("--algos", nargs="+", default=None, help="override the profile's algorithms")
+    run.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: profile's)")
+    run.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
+    _add_run_args(run)
+    run.set_defaults(func=cmd_suite_run)
+    report = suite_sub.add_parser("report", help="statistics tables of finished runs")
+    report.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    report.add_argument("--out", type=Path, default=Path("results/control"))
+    report.add_argument("--tasks", nargs="+", default=None)
+    report.add_argument("--algos", nargs="+", default=None)
+    report.add_argument(
+        "--include-unfinished", action="store_true", help="also use runs without a done marker"
+    )
+    _add_report_args(report)
+    report.set_defaults(func=cmd_suite_report)
+
+    plot = subparsers.add_parser("plot", help="figures from existing control runs")
+    plot.add_argument("figure", choices=("curves", "tail-effect", "calibration"))
+    plot.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    plot.add_argument("--out", type=Path, default=Path("results/control/figures"))
+    plot.add_argument("--tasks", nargs="+", default=None)
+    plot.add_argument("--algos", nargs="+", default=None)
+    plot.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
+    plot.add_argument("--threshold", type=float, default=None, help="draw this success level")
+    plot.add_argument("--include-unfinished", action="store_true")
+    plot.set_defaults(func=cmd_plot)
+
+    demo = subparsers.add_parser(
+        "demo", help="a few-minute real run: quick profile, 2 tasks, SPPO vs PPO-GAE, 3 seeds"
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo_output"))
+    demo.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS))
+    demo.add_argument("--seeds", type=int, default=DEMO_SEEDS)
+    _add_run_args(demo, runs_dir=None)
+    demo.set_defaults(func=cmd_demo)
+
+
+def _print_result(result) -> None:
+    print(
+        f"suite: {len(result.finished)} run(s) finished, {len(result.skipped)} already done, "
+        f"{len(result.failed)} failed, {result.wall_time_s:.0f} s"
+    )
+    for spec, reason in result.failed:
+        print(f"  FAILED {spec}: {reason}")
+
+
+def cmd_suite_run(args: argparse.Namespace) -> int:
+    from sppo_bench.analysis.suite import load_profile, plan_runs, run_state, run_suite
+
+    profile = load_profile(args.profile)
+    specs = plan_runs(profile, args.tasks, args.algos, args.seeds)
+    if args.dry_run:
+        for spec in specs:
+            state = run_state(spec, args.runs_dir)
+            print(f"{state:<7} {spec}  episodes={spec.episodes}  {' '.join(spec.overrides)}")
+        return 0
+    states = [run_state(spec, args.runs_dir) for spec in specs]
+    print(
+        f"suite {profile.name}: {len(specs)} runs: {states.count('done')} done (skipped), "
+        f"{states.count('resume')} to resume, {states.count('new')} new; runs in {args.runs_dir}/"
+    )
+    result = run_suite(specs, args.runs_dir, args.executor, args.workers, args.ray_address)
+    _print_result(result)
+    return 1 if result.failed else 0
+
+
+def _report(args: argparse.Namespace, runs_dir: Path, out: Path):
+    from sppo_bench.analysis.report import build_report, write_report
+
+    report = build_report(
+        runs_dir,
+        tasks=args.tasks,
+        algos=getattr(args, "algos", None),
+        metric=args.metric,
+        final_evals=args.final_evals,
+        threshold=args.threshold,
+        include_unfinished=getattr(args, "include_unfinished", False),
+    )
+    paths = write_report(report, runs_dir, out)
+    print(report.markdown)
+    return paths
+
+
+def cmd_suite_report(args: argparse.Namespace) -> int:
+    paths = _report(args, args.runs_dir, args.out)
+    print(f"wrote {paths['summary_csv']}, {paths['summary_md']}, {paths['runs_csv']}")
+    print(f"per-run metrics CSVs under {paths['per_run_csv']}/")
+    return 0
+
+
+def draw_figure(
+    figure: str,
+    runs_dir: Path,
+    out_dir: Path,
+    tasks: list[str] | None = None,
+    algos: list[str] | None = None,
+    metric: str = DEFAULT_METRIC,
+    threshold: float | None = None,
+    include_unfinished: bool = False,
+) -> list[Path]:
+    """Draw one kind of figure from the runs under ``runs_dir`` into ``out_dir``."""
+    from sppo_bench.analysis import figures
+    from sppo_bench.analysis.runs import discover_runs
+
+    runs = discover_runs(runs_dir, tasks, algos, finished_only=not include_unfinished)
+    out_dir = Path(out_dir)
+    if figure == "curves":
+        return [
+            figures.plot_learning_curves(runs, out_dir / FIGURE_NAMES["curves"], metric, threshold)
+        ]
+    if figure == "calibration":
+        return [figures.plot_calibration(runs, out_dir / FIGURE_NAMES["calibration"])]
+    if figure == "tail-effect":
+        drawn = []
+        for task in sorted({r.task for r in runs}, key=figures.task_order):
+            task_runs = [r for r in runs if r.task == task]
+            if any(r.algo in ("ppo-gae", "sppo") and r.value_files() for r in task_runs):
+                out = out_dir / f"tail_effect_{task}.png"
+                drawn.append(figures.plot_tail_effect(task_runs, task, out))
+        if not drawn:
+            raise UserError(f"no ppo-gae or sppo runs with values files under {str(runs_dir)!r}")
+        return drawn
+    raise UserError(f"unknown figure {figure!r}; valid: curves, tail-effect, calibration")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    paths = draw_figure(
+        args.figure,
+        args.runs_dir,
+        args.out,
+        args.tasks,
+        args.algos,
+        args.metric,
+        args.threshold,
+        args.include_unfinished,
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Quick profile on two tasks, SPPO vs PPO-GAE; then the report and all figures."""
+    from sppo_bench.analysis.suite import load_profile, plan_runs, run_suite
+
+    start = time.monotonic()
+    out = Path(args.out)
+    runs_dir = args.runs_dir or out / "runs"
+    specs = plan_runs(load_profile("quick"), args.tasks, list(DEMO_ALGOS), args.seeds)
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    print(
+        f"demo: {len(specs)} runs ({', '.join(args.tasks)} x SPPO, PPO-GAE x {args.seeds} seeds) "
+        f"on {workers} worker(s); runs in {runs_dir}/"
+    )
+    result = run_suite(specs, runs_dir, args.executor, workers, args.ray_address)
+    _print_result(result)
+    if not result.finished and not result.skipped:
+        raise UserError("demo: no run finished; see the failures above")
+    report_args = argparse.Namespace(
+        tasks=args.tasks,
+        algos=list(DEMO_ALGOS),
+        metric=DEFAULT_METRIC,
+        final_evals=DEFAULT_FINAL_EVALS,
+        threshold=0.8,
+    )
+    paths = _report(report_args, runs_dir, out)
+    figures = []
+    for figure in ("curves", "tail-effect", "calibration"):
+        try:
+            figures += draw_figure(
+                figure, runs_dir, out / "figures", args.tasks, list(DEMO_ALGOS), threshold=0.8
+            )
+        except UserError as exc:
+            print(f"  no {figure} figure: {exc}")
+    print(f"demo finished in {time.monotonic() - start:.0f} s")
+    print(f"  summary table: {paths['summary_md']}  (CSV: {paths['summary_csv']})")
+    for path in figures:
+        print(f"  figure: {path}")
+    return 1 if result.failed else 0

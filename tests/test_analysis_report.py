@@ -1,0 +1,76 @@
+"""Suite report and figures from synthetic run directories, through the CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sppo_bench.analysis.report import build_report
+from sppo_bench.analysis.stats import iqm
+from sppo_bench.cli import main
+
+
+def test_report_numbers(synthetic_runs_dir):
+    report = build_report(synthetic_runs_dir, threshold=0.8)
+    s = report.summary
+    for task in ("precision_cartpole", "mountaincar"):
+        sppo = s[(s.task == task) & (s.algo == "sppo")].iloc[0]
+        gae = s[(s.task == task) & (s.algo == "ppo-gae")].iloc[0]
+        assert sppo.n_runs == 5  # the unfinished seed is left out
+        scores = report.runs[(report.runs.task == task) & (report.runs.algo == "sppo")]
+        assert sppo.iqm == pytest.approx(iqm(scores["final_success"].to_numpy()))
+        assert sppo.ci_lo <= sppo.iqm <= sppo.ci_hi
+        assert sppo.iqm > gae.iqm
+        assert np.isinf(gae.episodes_to_threshold_median) and gae.reached_threshold == 0
+    assert report.improvement.point > 0.9
+    assert report.improvement_tasks == ["precision_cartpole", "mountaincar"]
+    agg = s[s.task == "aggregate"].set_index("algo")
+    assert agg.loc["sppo", "n_runs"] == 10 and agg.loc["sppo", "iqm"] > agg.loc["ppo-gae", "iqm"]
+    with_partial = build_report(synthetic_runs_dir, include_unfinished=True)
+    assert with_partial.runs.shape[0] == 21
+
+
+def test_suite_report_cli_writes_tables(synthetic_runs_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["suite", "report", "--runs-dir", str(synthetic_runs_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| Precision CartPole |" in printed and "P(SPPO > PPO-GAE)" in printed
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.task) == {"precision_cartpole", "mountaincar", "aggregate"}
+    assert (out / "summary.md").read_text().startswith("## Control suite")
+    assert len(pd.read_csv(out / "runs.csv")) == 20
+    assert len(list((out / "runs").rglob("seed*.csv"))) == 20
+
+
+@pytest.mark.parametrize(
+    "figure, files",
+    [
+        ("curves", ["learning_curves.png"]),
+        ("tail-effect", ["tail_effect_precision_cartpole.png", "tail_effect_mountaincar.png"]),
+        ("calibration", ["calibration.png"]),
+    ],
+)
+def test_plot_cli_draws_figures(synthetic_runs_dir, tmp_path, figure, files):
+    out = tmp_path / "figs"
+    assert main(["plot", figure, "--runs-dir", str(synthetic_runs_dir), "--out", str(out)]) == 0
+    for name in files:
+        assert (out / name).stat().st_size > 30_000
+
+
+def test_calibration_falls_back_to_evaluation_episodes(synthetic_runs_dir, tmp_path):
+    from sppo_bench.analysis import figures
+    from sppo_bench.analysis.runs import discover_runs
+
+    runs = discover_runs(synthetic_runs_dir, ["mountaincar"], ["sppo"], finished_only=True)
+    v0, rate, source = figures._calibration_points(runs)
+    assert v0.size == 5 * 64 and "start states" in source
+    for run in runs:  # pretend no calibration.npz was written
+        run.calibration = lambda: None
+    v0, rate, source = figures._calibration_points(runs)
+    assert set(np.unique(rate)) <= {0.0, 1.0} and "binary" in source
+    assert figures.plot_calibration(runs, tmp_path / "c.png").stat().st_size > 30_000
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    assert main(["plot", "curves", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sppo-bench: error: no control runs under") and err.count("\n") == 1

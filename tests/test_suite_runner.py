@@ -1,0 +1,194 @@
+"""The suite runner: profiles, skip/resume, clone-before-RL ordering, executors, errors."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from synthetic_runs import write_run
+
+from sppo_bench.analysis import suite
+from sppo_bench.analysis.suite import load_profile, plan_runs, run_state, run_suite
+from sppo_bench.cli import main
+from sppo_bench.errors import UserError
+
+TASKS = ["precision_cartpole", "mountaincar", "hopper", "lunarlander", "pendulum"]
+
+
+def _log(runs_dir: Path, **event) -> None:
+    with (Path(runs_dir) / "calls.jsonl").open("a") as handle:
+        handle.write(json.dumps({**event, "t": time.time()}) + "\n")
+
+
+def _events(runs_dir: Path) -> list[dict]:
+    path = Path(runs_dir) / "calls.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def fake_clone(task, runs_dir):
+    """Stands in for the expert + cloning stages: writes the clone summary."""
+    _log(runs_dir, kind="clone", task=task)
+    out = Path(runs_dir) / "control" / task / "clone"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text('{"success_rate": 0.3}')
+    return out
+
+
+def fake_train(task, algo, seed, runs_dir, episodes, overrides, progress):
+    """Stands in for train_run: needs the clone, writes a finished synthetic run."""
+    if not (Path(runs_dir) / "control" / task / "clone" / "summary.json").is_file():
+        raise RuntimeError("RL run started before the clone stage")
+    run = Path(runs_dir) / "control" / task / algo / f"seed{seed}"
+    _log(
+        runs_dir,
+        kind="run",
+        task=task,
+        algo=algo,
+        seed=seed,
+        resumed=run.is_dir(),
+        overrides=list(overrides),
+        episodes=episodes,
+    )
+    if algo == "ppo-gae" and seed == 1:
+        raise ValueError("diverged\nsecond line")
+    return write_run(runs_dir, task, algo, seed, episodes)
+
+
+def failing_clone(task, runs_dir):
+    raise RuntimeError(f"no expert for {task}")
+
+
+def test_profiles_are_ordered_and_paper_matches_paper_budgets():
+    quick, standard, paper = (load_profile(n) for n in ("quick", "standard", "paper"))
+    for p in (quick, standard, paper):
+        assert list(p.tasks) == TASKS and {"sppo", "ppo-gae"} <= set(p.algos)
+    for task in TASKS:
+        assert quick.tasks[task].episodes < standard.tasks[task].episodes
+        assert standard.tasks[task].episodes < paper.tasks[task].episodes
+    budgets = {t: b.episodes for t, b in paper.tasks.items()}
+    assert budgets == {
+        "precision_cartpole": 40000,
+        "mountaincar": 10000,
+        "hopper": 20000,
+        "lunarlander": 30000,
+        "pendulum": 20000,
+    }
+    assert standard.seeds >= 10 and len(paper.algos) == 6
+
+
+def test_plan_runs_and_profile_errors(tmp_path):
+    profile = load_profile("quick")
+    specs = plan_runs(profile, ["mountaincar"], ["sppo"], 2)
+    assert [str(s) for s in specs] == ["mountaincar/sppo/seed0", "mountaincar/sppo/seed1"]
+    assert specs[0].episodes == 400 and specs[0].overrides == ("eval_every=5",)
+    cases = [
+        (lambda: load_profile("fast"), "unknown profile 'fast'; valid: paper, quick, standard"),
+        (lambda: plan_runs(profile, ["cartpole"]), "unknown task 'cartpole' for profile 'quick'"),
+        (
+            lambda: plan_runs(profile, None, ["ppo"]),
+            "unknown algorithm 'ppo'; valid: sppo, ppo-gae",
+        ),
+        (lambda: plan_runs(profile, None, None, 0), "--seeds must be at least 1"),
+        (lambda: suite.make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),
+        (lambda: suite.make_executor("local", 0), "--workers must be at least 1"),
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "seeds: 3\nalgos: [sppo]\ntasks:\n  mountaincar: {episodes: -5, eval_every: 1}\n"
+    )
+    cases.append(
+        (lambda: load_profile(str(bad)), "'tasks.mountaincar.episodes' must be a positive")
+    )
+    for call, message in cases:
+        with pytest.raises(UserError, match=message.replace("(", r"\(")) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    for argv in (
+        ["suite", "run", "--profile", "fast"],
+        ["suite", "run", "--tasks", "cartpole"],
+        ["suite", "run", "--algos", "ppo"],
+        ["suite", "report", "--runs-dir", str(tmp_path / "none")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sppo-bench: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skip_resume_and_clone_first(tmp_path, workers):
+    specs = plan_runs(load_profile("quick"), ["precision_cartpole", "mountaincar"], None, 2)
+    write_run(tmp_path, "precision_cartpole", "sppo", 0, 1280)  # finished earlier
+    write_run(tmp_path, "mountaincar", "sppo", 1, 400, finished=False)  # interrupted earlier
+    assert run_state(specs[0], tmp_path) == "done"
+    assert run_state(specs[5], tmp_path) == "resume" and run_state(specs[1], tmp_path) == "new"
+    result = run_suite(specs, tmp_path, workers=workers, run_fn=fake_train, clone_fn=fake_clone)
+    assert [str(s) for s in result.skipped] == ["precision_cartpole/sppo/seed0"]
+    failed = {str(s): why for s, why in result.failed}
+    assert set(failed) == {"precision_cartpole/ppo-gae/seed1", "mountaincar/ppo-gae/seed1"}
+    assert all(why == "ValueError: diverged" for why in failed.values())
+    assert len(result.finished) == 8 - 1 - 2
+    events = _events(tmp_path)
+    clones = [e for e in events if e["kind"] == "clone"]
+    runs = [e for e in events if e["kind"] == "run"]
+    assert sorted(e["task"] for e in clones) == ["mountaincar", "precision_cartpole"]
+    assert len(runs) == 7  # the finished run was not started again
+    resumed = [(e["task"], e["algo"], e["seed"]) for e in runs if e["resumed"]]
+    assert resumed == [("mountaincar", "sppo", 1)]
+    assert all(e["overrides"][0].startswith("eval_every=") for e in runs)
+    # second invocation: only the two failed runs are attempted again
+    again = run_suite(specs, tmp_path, workers=workers, run_fn=fake_train, clone_fn=fake_clone)
+    assert len(again.skipped) == 6 and len(again.failed) == 2 and not again.finished
+
+
+def test_failed_clone_fails_that_tasks_runs(tmp_path):
+    specs = plan_runs(load_profile("quick"), ["mountaincar"], ["sppo"], 2)
+    result = run_suite(specs, tmp_path, workers=1, run_fn=fake_train, clone_fn=failing_clone)
+    assert len(result.failed) == 2 and not result.finished
+    assert all(
+        "clone stage failed: RuntimeError: no expert for mountaincar" == w for _, w in result.failed
+    )
+    assert not (tmp_path / "calls.jsonl").exists()
+
+
+def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    specs = plan_runs(load_profile("quick"), ["mountaincar"], ["sppo"], 1)
+    with pytest.raises(UserError, match=r"--executor ray needs Ray: pip install") as info:
+        run_suite(specs, tmp_path, executor="ray", run_fn=fake_train, clone_fn=fake_clone)
+    assert "\n" not in str(info.value)
+
+
+def test_demo_runs_report_and_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "default_run_fn", fake_train)
+    monkeypatch.setattr(suite, "default_clone_fn", fake_clone)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--workers", "1", "--seeds", "3"]) == 1  # 2 fail
+    printed = capsys.readouterr().out
+    assert "2 failed" in printed and "summary table:" in printed
+    assert (out / "summary.md").is_file() and (out / "runs" / "control").is_dir()
+    for name in ("learning_curves.png", "calibration.png", "tail_effect_mountaincar.png"):
+        assert (out / "figures" / name).stat().st_size > 30_000
+
+
+def test_ray_executor_on_a_local_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    specs = plan_runs(load_profile("quick"), ["mountaincar"], ["sppo", "ppo-gae"], 2)
+    write_run(tmp_path, "mountaincar", "sppo", 0, 400)  # finished earlier: skipped
+    try:
+        result = run_suite(
+            specs, tmp_path, executor="ray", workers=2, run_fn=fake_train, clone_fn=fake_clone
+        )
+    finally:
+        ray.shutdown()
+    assert [str(s) for s in result.skipped] == ["mountaincar/sppo/seed0"]
+    assert [(str(s), why) for s, why in result.failed] == [
+        ("mountaincar/ppo-gae/seed1", "ValueError: diverged")
+    ]
+    assert len(result.finished) == 2
+    events = _events(tmp_path)
+    assert [e["kind"] for e in events].count("clone") == 1
+    assert (tmp_path / "control" / "mountaincar" / "ppo-gae" / "seed0" / "done").is_file()
