@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from sppo_bench import __version__
 from sppo_bench.errors import UserError
 
-COMMAND_MODULES: tuple[str, ...] = ("sppo_bench.commands.info",)
+COMMAND_MODULES: tuple[str, ...] = ("sppo_bench.commands.info", "sppo_bench.commands.control")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ def policy_actor(
     policy: Policy, greedy: np.ndarray | bool, generator: torch.Generator | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``obs [N, d] -> actions [N, ...]`` from ``policy``; ``greedy`` per env or for all."""
-    greedy_t = torch.as_tensor(greedy, dtype=torch.bool)
+    greedy_t = torch.tensor(np.array(greedy, dtype=bool))
 
     def act(obs: np.ndarray) -> np.ndarray:
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
