@@ -73,10 +73,13 @@ def expert_demonstrations(spec: TaskSpec, expert: ExpertActor) -> tuple[Any, int
     kept, tried, chunk = [], 0, 16
     from sppo_bench.control.evaluation import concat_batches
 
-    while sum(int(b.success.sum()) for b in kept) < cfg.episodes and tried < cfg.max_rollouts:
+    while sum(len(b.lengths) for b in kept) < cfg.episodes and tried < cfg.max_rollouts:
         n = min(chunk, cfg.max_rollouts - tried)
         _, batches = evaluate_actor(spec.task, expert, n, CLONE_SEED + tried, num_envs=n)
         tried += n
+        if not cfg.only_successful:
+            kept += batches
+            continue
         kept += [b.select(b.success) for b in batches if b.success.any()]
     if not kept:
         raise UserError(
@@ -106,7 +109,7 @@ def fit(policy: Policy, obs: np.ndarray, actions: np.ndarray, spec: TaskSpec, pr
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     return float(np.mean(losses[-10:])) if losses else float("nan")
 
 

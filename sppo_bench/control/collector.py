@@ -81,8 +81,8 @@ def collect_episodes(
     t = 0
     for t in range(horizon):
         actions = np.asarray(act(obs))
-        obs_buf[:, t] = obs
-        act_buf[:, t] = actions
+        obs_buf[alive, t] = obs[alive]
+        act_buf[alive, t] = actions[alive]
         next_obs, reward, terminated, truncated, info = venv.step(actions)
         next_obs = np.asarray(next_obs)
         rew_buf[alive, t] = np.asarray(reward)[alive]

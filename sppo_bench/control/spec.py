@@ -65,6 +65,8 @@ class CloneConfig:
     """Behaviour cloning on successful expert episodes.
 
     episodes: successful expert episodes kept (rollouts stop once reached, or at max_rollouts).
+    only_successful: keep only successful expert episodes (the method); ``false`` clones every
+    rollout (for smoke tests with an untrained expert, or as an ablation).
     log_std: the cloned Gaussian policy's state-independent log standard deviation (continuous
     actions; the mean is fitted by squared error to the expert's deterministic action).
     """
@@ -76,6 +78,7 @@ class CloneConfig:
     lr: float = 1e-3
     log_std: float = -1.0
     eval_episodes: int = 200
+    only_successful: bool = True
 
 
 @dataclass

@@ -296,8 +296,6 @@ def train_run(
     if episodes is not None:
         spec.rl.episodes = episodes
     run_dir = run_dir_for(Path(runs_dir), spec.task, name, seed)
-    if (run_dir / "done").is_file():
-        return run_dir
     config = resolved_config(spec, name, seed)
     config_path = run_dir / "config.yaml"
     if config_path.is_file() and yaml.safe_load(config_path.read_text()) != yaml.safe_load(
@@ -307,6 +305,8 @@ def train_run(
             f"{str(run_dir)!r} holds a run with a different config; "
             "use another --runs-dir or remove that folder"
         )
+    if (run_dir / "done").is_file():
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml_atomic(config_path, config)
     trainer = Trainer(
