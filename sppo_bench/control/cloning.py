@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic
-from sppo_bench.control.envs import make_vector_env, space_dims
-from sppo_bench.control.evaluation import evaluate
+from sppo_bench.control.envs import EpisodeVectorEnv, make_vector_env, space_dims
+from sppo_bench.control.evaluation import concat_batches, evaluate
 from sppo_bench.control.expert import ExpertActor, evaluate_actor, stage_dir
 from sppo_bench.control.policies import Policy
 from sppo_bench.control.spec import TaskSpec, load_spec
@@ -40,8 +40,6 @@ CLONE_SEED = 3_000_000
 def build_policy(spec: TaskSpec, log_std: float | None = None) -> Policy:
     """An untrained policy network for the task, shaped from its spaces and ``spec.policy``."""
     env = get_task(spec.task).cls()
-    from sppo_bench.control.envs import EpisodeVectorEnv
-
     obs_dim, discrete, action_dim = space_dims(EpisodeVectorEnv([env]))
     return Policy(
         obs_dim,
@@ -71,8 +69,6 @@ def expert_demonstrations(spec: TaskSpec, expert: ExpertActor) -> tuple[Any, int
     """Successful expert episodes (an ``EpisodeBatch``) and the number of rollouts tried."""
     cfg = spec.clone
     kept, tried, chunk = [], 0, 16
-    from sppo_bench.control.evaluation import concat_batches
-
     while sum(len(b.lengths) for b in kept) < cfg.episodes and tried < cfg.max_rollouts:
         n = min(chunk, cfg.max_rollouts - tried)
         _, batches = evaluate_actor(spec.task, expert, n, CLONE_SEED + tried, num_envs=n)

@@ -20,10 +20,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.box2d.lunar_lander import LunarLander
-from gymnasium.envs.classic_control.cartpole import CartPoleEnv
-from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
-from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from sppo_bench.control import rules
 from sppo_bench.errors import UserError
@@ -87,6 +83,8 @@ class PrecisionCartPole(SparseTask):
     horizon = rules.CARTPOLE_HORIZON
 
     def __init__(self, render_mode: str | None = None) -> None:
+        from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
         super().__init__(CartPoleEnv(render_mode=render_mode))
 
     def _success(self, obs: np.ndarray, terminated: bool, base_info: dict) -> bool:
@@ -100,6 +98,8 @@ class SparseMountainCar(SparseTask):
     horizon = rules.MOUNTAINCAR_HORIZON
 
     def __init__(self, render_mode: str | None = None) -> None:
+        from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
+
         super().__init__(MountainCarEnv(render_mode=render_mode))
 
     def _base_terminated(self, obs: np.ndarray, terminated: bool, base_info: dict) -> bool:
@@ -136,6 +136,8 @@ class SparseLunarLander(SparseTask):
     horizon = rules.LUNARLANDER_HORIZON
 
     def __init__(self, render_mode: str | None = None) -> None:
+        from gymnasium.envs.box2d.lunar_lander import LunarLander
+
         super().__init__(LunarLander(render_mode=render_mode, continuous=False))
 
     def crashed(self, obs: np.ndarray) -> bool:
@@ -152,6 +154,8 @@ class SparsePendulum(SparseTask):
     horizon = rules.PENDULUM_HORIZON
 
     def __init__(self, render_mode: str | None = None) -> None:
+        from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
         super().__init__(PendulumEnv(render_mode=render_mode))
 
     def _success(self, obs: np.ndarray, terminated: bool, base_info: dict) -> bool:

@@ -17,6 +17,7 @@ rolls out the greedy policy from every start state (counted in ``env_steps``, no
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic
-from sppo_bench.control.cloning import build_policy, load_policy
+from sppo_bench.control.cloning import load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
@@ -162,8 +163,6 @@ class Trainer:
             values[:, :steps] = np.where(episodes.mask > 0, out.numpy(), np.nan)
             arrays["values"] = values
             arrays["v0"] = values[:, 0].copy()
-        import io
-
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
@@ -318,4 +317,4 @@ def train_run(
     return run_dir
 
 
-__all__ = ["ALGOS", "Trainer", "build_policy", "resolve_algo", "run_dir_for", "train_run"]
+__all__ = ["ALGOS", "Trainer", "resolve_algo", "run_dir_for", "train_run"]
