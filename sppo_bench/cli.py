@@ -17,6 +17,7 @@ from sppo_bench.errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "sppo_bench.commands.suite",
+    "sppo_bench.commands.control",
     "sppo_bench.commands.llm",
     "sppo_bench.commands.info",
 )

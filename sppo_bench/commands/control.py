@@ -1,0 +1,130 @@
+"""``sppo-bench control expert|clone|train|evaluate``: the control track's three stages.
+
+Every stage is cached under ``--runs-dir`` (default ``runs``): rerunning a finished stage does
+nothing, an interrupted one resumes. ``--set key=value`` overrides a field of the task spec
+``envs/<task>.yaml`` (e.g. ``--set rl.lr=1e-4 --set clone.epochs=5``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sppo_bench.control.tasks import TASKS, get_task
+from sppo_bench.control.trainer import ALGOS, resolve_algo
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: runs")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a task-spec field (repeatable), e.g. rl.lr=1e-4",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "control", help="control suite: expert -> behaviour cloning -> RL fine-tuning"
+    )
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    expert = stages.add_parser("expert", help="train the task's expert on its shaped reward")
+    _common(expert)
+    expert.add_argument("--timesteps", type=int, help="SB3 PPO timesteps (default: the spec's)")
+    expert.set_defaults(func=run_expert)
+
+    clone = stages.add_parser("clone", help="clone successful expert episodes into the policy")
+    _common(clone)
+    clone.add_argument("--demos", type=int, help="successful expert episodes to clone")
+    clone.add_argument("--epochs", type=int, help="behaviour-cloning epochs")
+    clone.set_defaults(func=run_clone)
+
+    train = stages.add_parser("train", help="RL fine-tuning of the clone with one estimator")
+    _common(train)
+    train.add_argument("--algo", required=True, help=f"one of: {', '.join(ALGOS)}")
+    train.add_argument("--episodes", type=int, help="training-episode budget")
+    train.set_defaults(func=run_train)
+
+    evaluate = stages.add_parser(
+        "evaluate", help="success rates of a run (or, without --algo, of the clone)"
+    )
+    _common(evaluate)
+    evaluate.add_argument("--algo", help=f"one of: {', '.join(ALGOS)}")
+    evaluate.add_argument("--n-eval", type=int, default=128, help="evaluation start states")
+    evaluate.add_argument(
+        "--calibration",
+        nargs=2,
+        type=int,
+        metavar=("K", "M"),
+        help="write calibration.npz: V(s_0) and the success rate of M rollouts, K start states",
+    )
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_expert(args: argparse.Namespace) -> int:
+    from sppo_bench.control.expert import train_expert
+
+    task = get_task(args.task).name
+    out = train_expert(
+        task, args.runs_dir, args.overrides, args.timesteps, args.seed, not args.no_progress
+    )
+    print(f"expert: {out}\n{(out / 'summary.json').read_text()}", end="")
+    return 0
+
+
+def run_clone(args: argparse.Namespace) -> int:
+    from sppo_bench.control.cloning import clone_expert
+
+    task = get_task(args.task).name
+    overrides = list(args.overrides)
+    if args.demos is not None:
+        overrides.append(f"clone.episodes={args.demos}")
+    if args.epochs is not None:
+        overrides.append(f"clone.epochs={args.epochs}")
+    out = clone_expert(task, args.runs_dir, overrides, args.seed, not args.no_progress)
+    print(f"clone: {out}\n{(out / 'summary.json').read_text()}", end="")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from sppo_bench.control.trainer import train_run
+
+    task = get_task(args.task).name
+    resolve_algo(args.algo)
+    out = train_run(
+        task,
+        args.algo,
+        args.seed,
+        args.runs_dir,
+        args.episodes,
+        args.overrides,
+        not args.no_progress,
+    )
+    print(f"run: {out}\n{(out / 'done').read_text()}", end="")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from sppo_bench.control.assess import calibrate, evaluate_saved
+    from sppo_bench.errors import UserError
+
+    task = get_task(args.task).name
+    if args.algo is not None:
+        resolve_algo(args.algo)
+    if args.calibration is not None:
+        if args.algo is None:
+            raise UserError("--calibration needs --algo (a run with a critic: sppo or ppo-gae)")
+        k, m = args.calibration
+        path = calibrate(task, args.algo, args.seed, args.runs_dir, k, m, not args.no_progress)
+        print(f"calibration: {path}")
+        return 0
+    print(json.dumps(evaluate_saved(task, args.runs_dir, args.algo, args.seed, args.n_eval)))
+    return 0

@@ -1,0 +1,105 @@
+"""Evaluating saved policies and calibrating a run's critic against empirical success rates.
+
+Calibration: for ``K`` start states (seeds ``CALIBRATION_SEED + k``) the critic's V(s_0) is
+compared with the success rate of ``M`` stochastic rollouts of the run's policy from each of
+them; ``calibration.npz`` holds ``v0 [K]``, ``success_rate [K]`` and ``seeds [K]``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from sppo_bench.config import from_dict
+from sppo_bench.control.cloning import load_policy
+from sppo_bench.control.collector import collect_episodes
+from sppo_bench.control.envs import make_vector_env
+from sppo_bench.control.evaluation import evaluate, policy_actor
+from sppo_bench.control.expert import stage_dir
+from sppo_bench.control.spec import TaskSpec, load_spec
+from sppo_bench.control.tasks import get_task
+from sppo_bench.control.trainer import Trainer, run_dir_for
+from sppo_bench.errors import UserError
+from sppo_bench.io import atomic_write_bytes
+
+CALIBRATION_SEED = 5_000_000
+
+
+def load_trainer(task: str, algo: str, seed: int, runs_dir: Path) -> Trainer:
+    """A run's trainer restored from its ``config.yaml`` and latest checkpoint."""
+    run_dir = run_dir_for(runs_dir, task, algo, seed)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"no run at {str(run_dir)!r}; train it first")
+    config = yaml.safe_load(config_path.read_text())
+    name, run_seed = config.pop("algo"), config.pop("seed")
+    spec = from_dict(TaskSpec, config)
+    trainer = Trainer(
+        spec, name, run_seed, run_dir, stage_dir(runs_dir, task, "clone") / "policy.pt"
+    )
+    if not trainer.load():
+        raise UserError(f"run {str(run_dir)!r} has no checkpoint yet")
+    return trainer
+
+
+def evaluate_saved(
+    task: str, runs_dir: Path, algo: str | None, seed: int, n_eval: int
+) -> dict[str, Any]:
+    """Success rates of a run's latest policy (or, with ``algo=None``, of the clone) on the
+    fixed evaluation start states."""
+    torch.set_num_threads(1)
+    if algo is None:
+        spec = load_spec(task)
+        policy = load_policy(stage_dir(runs_dir, task, "clone") / "policy.pt", spec)
+        what = "clone"
+    else:
+        trainer = load_trainer(task, algo, seed, runs_dir)
+        policy, what = trainer.policy, f"{trainer.algo}/seed{seed}@{trainer.state['update']}"
+    venv = make_vector_env(task, int(np.gcd(n_eval, 64)))
+    det, sto, _ = evaluate(
+        venv, policy, n_eval, get_task(task).horizon, torch.Generator().manual_seed(seed)
+    )
+    return {
+        "task": get_task(task).name,
+        "policy": what,
+        "n_eval": n_eval,
+        "success_deterministic": det,
+        "success_stochastic": sto,
+    }
+
+
+def calibrate(
+    task: str, algo: str, seed: int, runs_dir: Path, k: int, m: int, progress: bool = True
+) -> Path:
+    """Write ``calibration.npz`` into the run directory (see module doc); returns its path."""
+    torch.set_num_threads(1)
+    if k < 1 or m < 1:
+        raise UserError(f"--calibration needs K >= 1 and M >= 1, got {k} {m}")
+    trainer = load_trainer(task, algo, seed, runs_dir)
+    if trainer.critic is None:
+        raise UserError(f"{trainer.algo} has no critic to calibrate; use sppo or ppo-gae")
+    seeds = CALIBRATION_SEED + np.arange(k)
+    horizon = get_task(task).horizon
+    venv = make_vector_env(task, m)
+    generator = torch.Generator().manual_seed(seed)
+    actor = policy_actor(trainer.policy, False, generator)
+    v0 = np.zeros(k, dtype=np.float32)
+    rate = np.zeros(k, dtype=np.float32)
+    for i, s in enumerate(tqdm(seeds, desc="calibration", disable=not progress)):
+        batch = collect_episodes(venv, actor, [int(s)] * m, horizon)
+        rate[i] = batch.success.mean()
+        with torch.no_grad():
+            out = trainer.critic(torch.as_tensor(batch.obs[:1, 0], dtype=torch.float32))
+        value = torch.sigmoid(out) if trainer.estimator.critic == "sequence" else out
+        v0[i] = float(value[0])
+    buffer = io.BytesIO()
+    np.savez(buffer, v0=v0, success_rate=rate, seeds=seeds)
+    path = trainer.run_dir / "calibration.npz"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
