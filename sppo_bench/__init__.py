@@ -4,3 +4,7 @@ Importing the package registers the control suite's Gymnasium environments (``sp
 """
 
 __version__ = "0.1.0"
+
+from sppo_bench.control.tasks import register_tasks as _register_tasks  # noqa: E402
+
+_register_tasks()

@@ -1,0 +1,132 @@
+"""Typed task specs, loaded from the top-level ``envs/<task>.yaml`` files.
+
+A spec holds the written success rule (text; the code is in :mod:`sppo_bench.control.rules`),
+the expert's shaped reward and PPO hyperparameters, the behaviour-cloning settings and the RL
+fine-tuning hyperparameters shared by all estimators. ``--set key=value`` overrides address its
+fields with dotted keys, e.g. ``rl.lr=1e-4`` or ``clone.epochs=5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sppo_bench.config import load_config
+from sppo_bench.control.tasks import get_task
+
+ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
+
+
+@dataclass
+class ExpertConfig:
+    """Stable-Baselines3 PPO on the shaped, dense reward (names follow SB3's PPO arguments).
+
+    shaping: task-specific coefficients of the shaped reward (see ``shaping.py``).
+    train_horizon: episodes of the shaped training env are cut at this many steps
+    (``null`` = the task horizon). eval_episodes: sparse-task rollouts to measure success.
+    """
+
+    total_timesteps: int = 100_000
+    n_envs: int = 8
+    n_steps: int = 256
+    batch_size: int = 256
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    learning_rate: float = 3e-4
+    ent_coef: float = 0.0
+    clip_range: float = 0.2
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    use_sde: bool = False
+    sde_sample_freq: int = -1
+    norm_reward: bool = True
+    train_horizon: int | None = None
+    shaping: dict[str, float] = field(default_factory=dict)
+    eval_episodes: int = 100
+
+
+@dataclass
+class PolicyConfig:
+    """The RL policy and critics: MLPs with these hidden sizes and activation."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    critic_hidden: list[int] = field(default_factory=lambda: [64, 64])
+
+
+@dataclass
+class CloneConfig:
+    """Behaviour cloning on successful expert episodes.
+
+    episodes: successful expert episodes kept (rollouts stop once reached, or at max_rollouts).
+    log_std: the cloned Gaussian policy's state-independent log standard deviation (continuous
+    actions; the mean is fitted by squared error to the expert's deterministic action).
+    """
+
+    episodes: int = 20
+    max_rollouts: int = 400
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    log_std: float = -1.0
+    eval_episodes: int = 200
+
+
+@dataclass
+class RLConfig:
+    """RL fine-tuning with the binary reward (gamma = 1), shared by all estimators.
+
+    episodes: training-episode budget; trajectories_per_update: episodes per update (for ReMax,
+    plus as many greedy episodes from the same start states). group_size: samples per start state
+    for the group estimators (grpo, rloo). estimator_params: extra keyword arguments per estimator
+    name (e.g. ``{gae: {lam: 1.0}}``); gamma is always 1.
+    """
+
+    episodes: int = 1000
+    trajectories_per_update: int = 16
+    group_size: int = 8
+    lr: float = 3e-4
+    critic_lr: float = 1e-3
+    epochs: int = 4
+    minibatches: int = 4
+    clip_eps: float = 0.2
+    dual_clip: float | None = 3.0
+    ent_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    aggregation: str = "token-mean"
+    estimator_params: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 10
+    n_eval: int = 64
+    checkpoint_every: int = 5
+    backend: str = "auto"
+
+
+@dataclass
+class TaskSpec:
+    """One control task: identity, written rule, and every stage's settings."""
+
+    task: str = ""
+    env_id: str = ""
+    horizon: int = 0
+    success_rule: str = ""
+    decisions: str = ""
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    clone: CloneConfig = field(default_factory=CloneConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+
+
+def spec_path(task: str) -> Path:
+    """``envs/<task>.yaml`` for a task given by short name or Gymnasium id."""
+    return ENVS_DIR / f"{get_task(task).name}.yaml"
+
+
+def load_spec(task: str, overrides: Sequence[str] = ()) -> TaskSpec:
+    """The task's spec from ``envs/<task>.yaml`` with ``key=value`` overrides applied."""
+    return load_config(TaskSpec, spec_path(task), list(overrides))

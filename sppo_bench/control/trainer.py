@@ -1,0 +1,321 @@
+"""Stage 3: RL fine-tuning of the cloned policy with the binary terminal reward, any estimator.
+
+``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``:
+
+- ``config.yaml``: the resolved task spec with the algorithm and seed;
+- ``metrics.jsonl``: one row per update (update 0 = the cloned policy before any update);
+- ``checkpoints/latest.pt``: policy, critic, optimisers and counters;
+- ``values/update_<u:06d>.npz``: the critic on the stochastic evaluation episodes (critics only);
+- ``done``: written last, a small JSON summary.
+
+Each update draws start states from ``numpy.random.default_rng([seed, update])`` and samples
+actions with a ``torch.Generator`` seeded from ``(seed, update)``, so a run resumed from a
+checkpoint continues exactly as if it had not stopped, and the same seed gives the same metrics.
+Group estimators give all ``group_size`` members of a group one start-state seed; ReMax also
+rolls out the greedy policy from every start state (counted in ``env_steps``, not ``episodes``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from sppo_bench.config import to_dict, write_yaml_atomic
+from sppo_bench.control.cloning import build_policy, load_policy
+from sppo_bench.control.collector import collect_episodes
+from sppo_bench.control.envs import make_vector_env
+from sppo_bench.control.evaluation import evaluate, policy_actor
+from sppo_bench.control.expert import stage_dir
+from sppo_bench.control.policies import Policy, ValueNet
+from sppo_bench.control.spec import TaskSpec, load_spec
+from sppo_bench.control.tasks import get_task
+from sppo_bench.control.update import BatchTensors, critic_values, ppo_update
+from sppo_bench.core import EstimatorSpec, get_estimator
+from sppo_bench.errors import UserError
+from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json
+
+ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
+_ALGO_OF_ESTIMATOR = {"gae": "ppo-gae"}
+
+
+def resolve_algo(algo: str) -> tuple[str, EstimatorSpec]:
+    """(run-folder name, estimator) for an algorithm name; a one-line error lists the valid."""
+    if algo not in ALGOS and algo not in ("gae", "ppo"):
+        raise UserError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
+    spec = get_estimator(algo)
+    return _ALGO_OF_ESTIMATOR.get(spec.name, spec.name), spec
+
+
+def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
+    """``runs/control/<task>/<algo>/seed<seed>``."""
+    return stage_dir(runs_dir, task, resolve_algo(algo)[0]) / f"seed{seed}"
+
+
+def _update_generator(seed: int, update: int, stream: int) -> torch.Generator:
+    key = np.random.SeedSequence([seed, update, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(key))
+
+
+class Trainer:
+    """Holds the networks, optimisers, envs and counters of one run."""
+
+    def __init__(self, spec: TaskSpec, algo: str, seed: int, run_dir: Path, clone: Path) -> None:
+        self.spec, self.seed, self.run_dir = spec, seed, run_dir
+        self.algo, self.estimator = resolve_algo(algo)
+        cfg = spec.rl
+        self.horizon = get_task(spec.task).horizon
+        self.batch = cfg.trajectories_per_update
+        self.group = cfg.group_size if self.estimator.needs_groups else 1
+        if self.batch % self.group:
+            raise UserError(
+                f"rl.trajectories_per_update ({self.batch}) must be a multiple of "
+                f"rl.group_size ({self.group}) for {self.algo}"
+            )
+        if cfg.n_eval < 1:
+            raise UserError(f"rl.n_eval must be >= 1, got {cfg.n_eval}")
+        torch.manual_seed(seed)
+        self.policy: Policy = load_policy(clone, spec)
+        self.critic: ValueNet | None = None
+        self.critic_opt: torch.optim.Optimizer | None = None
+        if self.estimator.critic != "none":
+            self.critic = ValueNet(
+                self.policy.obs_mean.numel(), spec.policy.critic_hidden, spec.policy.activation
+            )
+            self.critic.set_normalization(self.policy.obs_mean, self.policy.obs_std)
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.policy_opt = torch.optim.Adam(params, lr=cfg.lr)
+        rollouts = self.batch * (2 if self.estimator.needs_greedy_baseline else 1)
+        self.train_env = make_vector_env(spec.task, rollouts, cfg.backend)
+        eval_envs = math.gcd(cfg.n_eval, 64)
+        self.eval_env = make_vector_env(spec.task, eval_envs, cfg.backend)
+        self.state = {"update": 0, "episodes": 0, "env_steps": 0, "wall_time": 0.0}
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl")
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save(self) -> None:
+        blob: dict[str, Any] = {
+            "state": dict(self.state),
+            "policy": self.policy.state_dict(),
+            "policy_opt": self.policy_opt.state_dict(),
+        }
+        if self.critic is not None and self.critic_opt is not None:
+            blob["critic"] = self.critic.state_dict()
+            blob["critic_opt"] = self.critic_opt.state_dict()
+        atomic_torch_save(self.run_dir / "checkpoints" / "latest.pt", blob)
+
+    def load(self) -> bool:
+        path = self.run_dir / "checkpoints" / "latest.pt"
+        if not path.is_file():
+            return False
+        blob = torch.load(path, weights_only=False)
+        self.state = dict(blob["state"])
+        self.policy.load_state_dict(blob["policy"])
+        self.policy_opt.load_state_dict(blob["policy_opt"])
+        if self.critic is not None and self.critic_opt is not None:
+            self.critic.load_state_dict(blob["critic"])
+            self.critic_opt.load_state_dict(blob["critic_opt"])
+        return True
+
+    # --- rollouts ------------------------------------------------------------------------
+    def start_states(self, update: int) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Seeds ``[B]`` for this update's episodes and group ids ``[B]`` (group methods)."""
+        rng = np.random.default_rng([self.seed, update])
+        n_starts = self.batch // self.group
+        seeds = rng.integers(0, 2**31 - 1, size=n_starts).repeat(self.group)
+        if not self.estimator.needs_groups:
+            return seeds, None
+        return seeds, torch.arange(n_starts).repeat_interleave(self.group)
+
+    def evaluation(self, update: int) -> dict[str, float]:
+        """Deterministic and stochastic success on the fixed evaluation start states; writes
+        the critic's values on the stochastic episodes."""
+        generator = _update_generator(self.seed, update, 1)
+        det, sto, episodes = evaluate(
+            self.eval_env, self.policy, self.spec.rl.n_eval, self.horizon, generator
+        )
+        if self.critic is not None:
+            self.write_values(update, episodes)
+        return {"eval/success_deterministic": det, "eval/success_stochastic": sto}
+
+    def write_values(self, update: int, episodes: Any) -> None:
+        obs = torch.as_tensor(episodes.obs, dtype=torch.float32)
+        with torch.no_grad():
+            out = critic_values(self.critic, self.estimator.critic, obs)
+        arrays: dict[str, np.ndarray] = {
+            "success": episodes.success.astype(bool),
+            "lengths": episodes.lengths.astype(np.int64),
+        }
+        if self.estimator.critic == "sequence":
+            arrays["v0"] = torch.sigmoid(out).numpy().astype(np.float32)
+        else:
+            values = np.full((len(episodes.lengths), self.horizon), np.nan, dtype=np.float32)
+            steps = out.shape[1]
+            values[:, :steps] = np.where(episodes.mask > 0, out.numpy(), np.nan)
+            arrays["values"] = values
+            arrays["v0"] = values[:, 0].copy()
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
+
+    # --- the loop ------------------------------------------------------------------------
+    def step(self, update: int) -> dict[str, Any]:
+        """Collect one batch of whole episodes and update; returns the metrics row."""
+        start = time.time()
+        seeds, group_ids = self.start_states(update)
+        greedy = np.zeros(len(seeds), dtype=bool)
+        if self.estimator.needs_greedy_baseline:
+            seeds, greedy = np.concatenate([seeds, seeds]), np.concatenate([greedy, ~greedy])
+        generator = _update_generator(self.seed, update, 0)
+        episodes = collect_episodes(
+            self.train_env, policy_actor(self.policy, greedy, generator), seeds, self.horizon
+        )
+        sampled = episodes.select(np.flatnonzero(~greedy))
+        baseline = None
+        if self.estimator.needs_greedy_baseline:
+            baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
+        data = BatchTensors.from_batch(sampled, self.policy.discrete)
+        stats = ppo_update(
+            self.policy,
+            self.critic,
+            self.policy_opt,
+            self.critic_opt,
+            self.estimator,
+            self.spec.rl,
+            data,
+            group_ids,
+            baseline,
+            generator,
+        )
+        elapsed = time.time() - start
+        self.state["update"] = update
+        self.state["episodes"] += len(sampled.lengths)
+        self.state["env_steps"] += episodes.num_steps
+        self.state["wall_time"] += elapsed
+        return {
+            **self.counters(),
+            "train/success_rate": float(sampled.success.mean()),
+            "train/episode_length": float(sampled.lengths.mean()),
+            **stats,
+            "charts/SPS": episodes.num_steps / max(elapsed, 1e-9),
+        }
+
+    def counters(self) -> dict[str, Any]:
+        return {k: self.state[k] for k in ("update", "episodes", "env_steps", "wall_time")}
+
+    def run(self, num_updates: int, progress: bool) -> dict[str, Any]:
+        cfg = self.spec.rl
+        if self.load():
+            self.metrics.truncate_after("update", self.state["update"])
+        else:
+            self.metrics.truncate_after("update", -1)
+            start = time.time()
+            row = self.evaluation(0)
+            self.state["wall_time"] += time.time() - start
+            self.metrics.append({**self.counters(), **_empty_losses(), **row})
+            self.save()
+        bar = tqdm(
+            total=num_updates,
+            initial=self.state["update"],
+            desc=f"{self.spec.task}/{self.algo}/seed{self.seed}",
+            unit="upd",
+            disable=not progress,
+        )
+        last_eval: dict[str, float] = {}
+        while self.state["update"] < num_updates:
+            update = self.state["update"] + 1
+            row = self.step(update)
+            if update % cfg.eval_every == 0 or update == num_updates:
+                start = time.time()
+                last_eval = self.evaluation(update)
+                self.state["wall_time"] += time.time() - start
+                row.update(last_eval, wall_time=self.state["wall_time"])
+            self.metrics.append(row)
+            if update % cfg.checkpoint_every == 0 or update == num_updates or last_eval:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(train=f"{row['train/success_rate']:.2f}", refresh=False)
+            last_eval = {}
+        bar.close()
+        rows = self.metrics.rows()
+        evals = [r for r in rows if "eval/success_stochastic" in r]
+        return {
+            "task": self.spec.task,
+            "algo": self.algo,
+            "seed": self.seed,
+            **self.counters(),
+            "final/success_deterministic": evals[-1]["eval/success_deterministic"],
+            "final/success_stochastic": evals[-1]["eval/success_stochastic"],
+            "initial/success_stochastic": evals[0]["eval/success_stochastic"],
+        }
+
+
+def _empty_losses() -> dict[str, Any]:
+    keys = ("policy", "value", "entropy", "approx_kl", "clipfrac")
+    return {
+        "train/success_rate": None,
+        **{f"losses/{k}": None for k in keys},
+        "value/mean": None,
+        "value/explained_variance": None,
+        "charts/SPS": None,
+    }
+
+
+def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
+    """What ``config.yaml`` holds: algorithm, seed and the full task spec."""
+    return {"algo": algo, "seed": seed, **to_dict(spec)}
+
+
+def train_run(
+    task: str,
+    algo: str,
+    seed: int,
+    runs_dir: Path = Path("runs"),
+    episodes: int | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> Path:
+    """Train (or resume, or skip if done) one RL run and return its directory.
+
+    ``episodes``: the training-episode budget (None = the task yaml's ``rl.episodes``); the run
+    makes ceil(episodes / trajectories_per_update) updates.
+    """
+    torch.set_num_threads(1)
+    name, _ = resolve_algo(algo)
+    spec = load_spec(task, overrides)
+    if episodes is not None:
+        spec.rl.episodes = episodes
+    run_dir = run_dir_for(Path(runs_dir), spec.task, name, seed)
+    if (run_dir / "done").is_file():
+        return run_dir
+    config = resolved_config(spec, name, seed)
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != yaml.safe_load(
+        yaml.safe_dump(config, sort_keys=False)
+    ):
+        raise UserError(
+            f"{str(run_dir)!r} holds a run with a different config; "
+            "use another --runs-dir or remove that folder"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml_atomic(config_path, config)
+    trainer = Trainer(
+        spec, name, seed, run_dir, stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
+    )
+    num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
+    summary = trainer.run(num_updates, progress)
+    atomic_write_json(run_dir / "done", summary)
+    return run_dir
+
+
+__all__ = ["ALGOS", "Trainer", "build_policy", "resolve_algo", "run_dir_for", "train_run"]

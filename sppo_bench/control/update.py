@@ -1,0 +1,166 @@
+"""One RL update on a batch of whole episodes, for any estimator registered in the core.
+
+The batch is padded ``[B, T]`` with a mask. The reward is binary and terminal and gamma = 1.
+Both termination and reaching the horizon H end the *task* (the success test is made there and
+nothing follows the terminal reward), so every row is passed to the estimator as
+``terminated=True``: a per-step critic bootstraps from 0 after the last step, never from V(s_H).
+
+Per estimator, the trainer only consults ``EstimatorSpec``:
+
+- ``critic == "sequence"`` (SPPO): a critic on s_0 gives the logit v, V(s_0) = sigmoid(v);
+  loss = BCE(v, R) (``bce_value_loss``).
+- ``critic == "step"`` (PPO-GAE): a critic V(s_t) per step; loss = 0.5 (V - G_t)^2 with the
+  estimator's returns G_t (``clipped_value_loss``, no clipping).
+- ``needs_groups`` / ``needs_greedy_baseline``: ``group_ids`` / ``baseline_rewards`` are filled
+  by the caller's rollout.
+
+The policy loss is the clipped surrogate of :mod:`sppo_bench.core.losses` over all masked steps,
+``spec.rl.epochs`` epochs over ``spec.rl.minibatches`` mini-batches of whole episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sppo_bench.control.collector import EpisodeBatch
+from sppo_bench.control.policies import Policy, ValueNet
+from sppo_bench.control.spec import RLConfig
+from sppo_bench.core import (
+    AdvantageInput,
+    EstimatorSpec,
+    aggregate,
+    bce_value_loss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    compute_advantages,
+    explained_variance,
+)
+
+
+@dataclass
+class BatchTensors:
+    """An ``EpisodeBatch`` as tensors: obs ``[B, T, d]``, actions ``[B, T(, a)]``,
+    rewards / mask ``[B, T]``."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+
+    @classmethod
+    def from_batch(cls, batch: EpisodeBatch, discrete: bool) -> BatchTensors:
+        actions = torch.as_tensor(batch.actions)
+        return cls(
+            torch.as_tensor(batch.obs, dtype=torch.float32),
+            actions.long() if discrete else actions.float(),
+            torch.as_tensor(batch.rewards, dtype=torch.float32),
+            torch.as_tensor(batch.mask, dtype=torch.float32),
+        )
+
+
+def estimator_params(cfg: RLConfig, spec: EstimatorSpec) -> dict:
+    """``rl.estimator_params`` for this estimator, looked up by its name or any alias."""
+    for key in (spec.name, *spec.aliases):
+        if key in cfg.estimator_params:
+            return dict(cfg.estimator_params[key])
+    return {}
+
+
+def critic_values(critic: ValueNet | None, kind: str, obs: Tensor) -> Tensor | None:
+    """The critic's output on a batch: logits ``[B]`` on s_0 (sequence) or ``[B, T]`` (step)."""
+    if critic is None:
+        return None
+    return critic(obs[:, 0]) if kind == "sequence" else critic(obs)
+
+
+def ppo_update(
+    policy: Policy,
+    critic: ValueNet | None,
+    policy_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer | None,
+    estimator: EstimatorSpec,
+    cfg: RLConfig,
+    data: BatchTensors,
+    group_ids: Tensor | None,
+    baseline_rewards: Tensor | None,
+    generator: torch.Generator,
+) -> dict[str, float | None]:
+    """Advantages through the core estimator, then clipped-PPO epochs; returns the loss and
+    critic diagnostics (``None`` where there is no critic)."""
+    bsz = data.obs.shape[0]
+    with torch.no_grad():
+        old_log_probs, _ = policy.log_prob_entropy(data.obs, data.actions)
+        old_critic = critic_values(critic, estimator.critic, data.obs)
+    inputs = AdvantageInput(
+        rewards=data.rewards,
+        mask=data.mask,
+        values=old_critic if estimator.critic == "step" else None,
+        terminated=torch.ones(bsz, dtype=torch.bool),
+        value_logits=old_critic if estimator.critic == "sequence" else None,
+        group_ids=group_ids,
+        baseline_rewards=baseline_rewards,
+    )
+    out = compute_advantages(estimator.name, inputs, **estimator_params(cfg, estimator))
+    advantages = out.advantages.detach()
+    stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "entropy", "kl", "clip")}
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(bsz, generator=generator)
+        for idx in perm.chunk(min(cfg.minibatches, bsz)):
+            mask = data.mask[idx]
+            log_probs, entropy = policy.log_prob_entropy(data.obs[idx], data.actions[idx])
+            pl = clipped_policy_loss(
+                log_probs,
+                old_log_probs[idx],
+                advantages[idx],
+                mask,
+                clip_eps=cfg.clip_eps,
+                dual_clip=cfg.dual_clip,
+                aggregation=cfg.aggregation,
+            )
+            entropy_mean = aggregate(entropy, mask, cfg.aggregation)
+            loss = pl.loss - cfg.ent_coef * entropy_mean
+            policy_opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            policy_opt.step()
+            stats["policy"].append(float(pl.loss))
+            stats["entropy"].append(float(entropy_mean))
+            stats["kl"].append(float(pl.approx_kl))
+            stats["clip"].append(float(pl.clip_fraction))
+            if critic is not None and critic_opt is not None:
+                pred = critic_values(critic, estimator.critic, data.obs[idx])
+                if estimator.critic == "sequence":
+                    value_loss = bce_value_loss(pred, out.value_targets[idx])
+                else:
+                    value_loss = clipped_value_loss(
+                        pred, old_critic[idx], out.value_targets[idx], mask, None, cfg.aggregation
+                    )
+                critic_opt.zero_grad()
+                value_loss.backward()
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+                critic_opt.step()
+                stats["value"].append(float(value_loss))
+    result: dict[str, float | None] = {
+        "losses/policy": float(np.mean(stats["policy"])),
+        "losses/value": float(np.mean(stats["value"])) if stats["value"] else None,
+        "losses/entropy": float(np.mean(stats["entropy"])),
+        "losses/approx_kl": float(np.mean(stats["kl"])),
+        "losses/clipfrac": float(np.mean(stats["clip"])),
+        "value/mean": None,
+        "value/explained_variance": None,
+    }
+    if old_critic is not None:
+        if estimator.critic == "sequence":
+            v0 = torch.sigmoid(old_critic)
+            result["value/mean"] = float(v0.mean())
+            ev = explained_variance(v0, out.value_targets)
+        else:
+            result["value/mean"] = float((old_critic * data.mask).sum() / data.mask.sum())
+            ev = explained_variance(old_critic, out.value_targets, data.mask)
+        result["value/explained_variance"] = None if math.isnan(ev) else ev
+    return result
