@@ -142,3 +142,31 @@ def test_registry_and_errors():
     with pytest.raises(ValueError):
         env.reset(seed=[1, 2])
     assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.DISABLED
+
+
+@pytest.mark.parametrize(
+    ("cls", "policy", "eps"), CASES[1::2] + [CASES[-1]], ids=lambda c: getattr(c, "__name__", c)
+)
+def test_batched_backend_agrees_with_gymnasium_backend(cls, policy, eps):
+    """``make_vector_env`` backends "batched" and "gymnasium" (the sparse wrappers): the same
+    observations, rewards, ends and success flags at every step, full horizon."""
+    from sppo_bench.control.envs import make_vector_env
+
+    fast = make_vector_env(cls.task_id, 6, "batched")
+    slow = make_vector_env(cls.task_id, 6, "gymnasium")
+    assert isinstance(fast, cls)
+    seeds = [3, 1, 4, 1, 5, 9]
+    obs, _ = fast.reset(seed=seeds)
+    np.testing.assert_array_equal(obs, slow.reset(seed=seeds)[0])
+    rng = np.random.default_rng(0)
+    for _ in range(cls.horizon):
+        actions = policy(obs, rng, eps)
+        obs, *out = fast.step(actions)
+        s_obs, *s_out = slow.step(actions)
+        np.testing.assert_allclose(obs, s_obs, rtol=1e-6, atol=1e-6)
+        for a, b in zip(out[:3], s_out[:3], strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(out[3]["success"], s_out[3]["success"])
+        if (out[1] | out[2]).all():
+            break
+    assert (out[1] | out[2]).all()
