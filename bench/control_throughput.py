@@ -149,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add(item, task, path, n, *fn(*fn_args))
     from hopper_rollout import max_deviation_from_gymnasium
 
-    print(
-        f"Hopper rollout vs Gymnasium, 100 steps: max |obs diff| {max_deviation_from_gymnasium():.1e}"
-    )
+    deviation = max_deviation_from_gymnasium()
+    print(f"Hopper rollout vs Gymnasium, 100 steps: max |obs diff| {deviation:.1e}")
 
     trainer_rates = {}
     for algo in ("ppo-gae", "sppo"):
