@@ -68,7 +68,7 @@ class Table:
             "load_1m": round(os.getloadavg()[0], 2),
         }
         self.rows.append(row)
-        print(f"{item:<5} {task:<18} {path:<34} {num_envs:>5} {rate:>12,.0f} steps/s", flush=True)
+        print(f"{item:<5} {task:<18} {path:<42} {num_envs:>5} {rate:>12,.0f} steps/s", flush=True)
         return rate
 
     def write_csv(self, path: Path) -> None:
@@ -139,7 +139,7 @@ def env_only_rows(s: float) -> list[tuple]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per env-only row")
+    parser.add_argument("--seconds", type=float, default=1.5, help="time per env-only row")
     parser.add_argument("--csv", type=Path, default=CSV_PATH)
     args = parser.parse_args(argv)
     table = Table()
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer_rates = {}
     for algo in ("ppo-gae", "sppo"):
-        steps, secs = ours.trainer_updates("PrecisionCartPole", algo, updates=3)
+        steps, secs = ours.trainer_updates("cartpole", algo, updates=3)
         trainer_rates[algo] = table.add(
             "c", "PrecisionCartPole", f"trainer {algo}", 64, steps, secs
         )
