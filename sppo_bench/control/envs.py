@@ -8,8 +8,8 @@ the contract the episode collector relies on: reset all, step until every env ha
 each env only up to its own end.
 
 The "batched" backend (array-math dynamics for CartPole, MountainCar and Pendulum) is provided by
-the optional module :mod:`sppo_bench.control.batched`, which exposes ``BATCHED_TASKS`` (short
-task names) and ``make_batched_env(task: str, num_envs: int) -> VectorEnv`` with the same API.
+the optional module :mod:`sppo_bench.control.batched`, which exposes ``BATCHED_TASKS`` (keyed by
+Gymnasium id) and ``make_batched_env(task: str, num_envs: int) -> VectorEnv`` with the same API.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def resolve_backend(task: str, backend: str = "auto") -> str:
     """The backend that ``make_vector_env`` will use: "gymnasium" or "batched"."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    name = get_task(task).name
+    name = get_task(task).env_id
     if backend == "gymnasium":
         return "gymnasium"
     supported = _batched_tasks()
@@ -138,7 +138,7 @@ def make_vector_env(task: str, num_envs: int, backend: str = "auto") -> VectorEn
     info = get_task(task)
     if resolve_backend(info.name, backend) == "batched":
         module = importlib.import_module("sppo_bench.control.batched")
-        return module.make_batched_env(info.name, num_envs)
+        return module.make_batched_env(info.env_id, num_envs)
     return EpisodeVectorEnv([info.cls() for _ in range(num_envs)])
 
 
