@@ -10,5 +10,5 @@ from synthetic_runs import write_run, write_suite
 def synthetic_runs_dir(tmp_path_factory):
     """2 tasks x {sppo, ppo-gae} x 5 finished seeds, plus one unfinished SPPO run (seed 9)."""
     root = write_suite(tmp_path_factory.mktemp("suite"), seeds=5)
-    write_run(root, "precision_cartpole", "sppo", 9, 1280, finished=False)
+    write_run(root, "cartpole", "sppo", 9, 1280, finished=False)
     return root

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 TASK_SPECS = {  # horizon, episodes per update, start success, plateau (sppo, ppo-gae)
-    "precision_cartpole": (200, 64, 0.3, (0.9, 0.7)),
+    "cartpole": (200, 64, 0.3, (0.9, 0.7)),
     "mountaincar": (1000, 8, 0.2, (0.85, 0.1)),
 }
 N_EVAL = 32
@@ -113,13 +113,13 @@ def write_run(
 
 def write_suite(
     runs_dir: Path,
-    tasks=("precision_cartpole", "mountaincar"),
+    tasks=("cartpole", "mountaincar"),
     algos=("sppo", "ppo-gae"),
     seeds: int = 5,
     budgets: dict[str, int] | None = None,
 ) -> Path:
     """A whole synthetic suite plus the expert/clone stage folders the control track caches."""
-    budgets = budgets or {"precision_cartpole": 1280, "mountaincar": 160}
+    budgets = budgets or {"cartpole": 1280, "mountaincar": 160}
     for task in tasks:
         for stage in ("expert", "clone"):
             stage_dir = Path(runs_dir) / "control" / task / stage

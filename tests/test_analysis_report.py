@@ -12,7 +12,7 @@ from sppo_bench.cli import main
 def test_report_numbers(synthetic_runs_dir):
     report = build_report(synthetic_runs_dir, threshold=0.8)
     s = report.summary
-    for task in ("precision_cartpole", "mountaincar"):
+    for task in ("cartpole", "mountaincar"):
         sppo = s[(s.task == task) & (s.algo == "sppo")].iloc[0]
         gae = s[(s.task == task) & (s.algo == "ppo-gae")].iloc[0]
         assert sppo.n_runs == 5  # the unfinished seed is left out
@@ -22,7 +22,7 @@ def test_report_numbers(synthetic_runs_dir):
         assert sppo.iqm > gae.iqm
         assert np.isinf(gae.episodes_to_threshold_median) and gae.reached_threshold == 0
     assert report.improvement.point > 0.9
-    assert report.improvement_tasks == ["precision_cartpole", "mountaincar"]
+    assert report.improvement_tasks == ["cartpole", "mountaincar"]
     agg = s[s.task == "aggregate"].set_index("algo")
     assert agg.loc["sppo", "n_runs"] == 10 and agg.loc["sppo", "iqm"] > agg.loc["ppo-gae", "iqm"]
     with_partial = build_report(synthetic_runs_dir, include_unfinished=True)
@@ -35,7 +35,7 @@ def test_suite_report_cli_writes_tables(synthetic_runs_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Precision CartPole |" in printed and "P(SPPO > PPO-GAE)" in printed
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary.task) == {"precision_cartpole", "mountaincar", "aggregate"}
+    assert set(summary.task) == {"cartpole", "mountaincar", "aggregate"}
     assert (out / "summary.md").read_text().startswith("## Control suite")
     assert len(pd.read_csv(out / "runs.csv")) == 20
     assert len(list((out / "runs").rglob("seed*.csv"))) == 20
@@ -45,7 +45,7 @@ def test_suite_report_cli_writes_tables(synthetic_runs_dir, tmp_path, capsys):
     "figure, files",
     [
         ("curves", ["learning_curves.png"]),
-        ("tail-effect", ["tail_effect_precision_cartpole.png", "tail_effect_mountaincar.png"]),
+        ("tail-effect", ["tail_effect_cartpole.png", "tail_effect_mountaincar.png"]),
         ("calibration", ["calibration.png"]),
     ],
 )

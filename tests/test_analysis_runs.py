@@ -30,7 +30,7 @@ def test_discover_filters_and_skips_stage_folders(synthetic_runs_dir):
 
 
 def test_final_success_is_mean_of_last_eval_points(synthetic_runs_dir):
-    run = discover_runs(synthetic_runs_dir, tasks=["precision_cartpole"], algos=["sppo"])[0]
+    run = discover_runs(synthetic_runs_dir, tasks=["cartpole"], algos=["sppo"])[0]
     rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval/success_stochastic"] for r in rows if "eval/success_stochastic" in r]
     assert run.final_success() == pytest.approx(np.mean(evals[-3:]))
@@ -58,7 +58,7 @@ def test_runs_table_and_null_losses(synthetic_runs_dir):
 
 
 def test_torn_last_line_and_compact_csv(tmp_path):
-    run_dir = write_run(tmp_path, "precision_cartpole", "sppo", 0, 640)
+    run_dir = write_run(tmp_path, "cartpole", "sppo", 0, 640)
     with (run_dir / "metrics.jsonl").open("a") as handle:
         handle.write('{"update": 99, "epis')  # a process killed mid-write
     (run,) = discover_runs(tmp_path)

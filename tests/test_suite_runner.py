@@ -13,7 +13,7 @@ from sppo_bench.analysis.suite import load_profile, plan_runs, run_state, run_su
 from sppo_bench.cli import main
 from sppo_bench.errors import UserError
 
-TASKS = ["precision_cartpole", "mountaincar", "hopper", "lunarlander", "pendulum"]
+TASKS = ["cartpole", "mountaincar", "hopper", "lunarlander", "pendulum"]
 
 
 def _log(runs_dir: Path, **event) -> None:
@@ -68,7 +68,7 @@ def test_profiles_are_ordered_and_paper_matches_paper_budgets():
         assert standard.tasks[task].episodes < paper.tasks[task].episodes
     budgets = {t: b.episodes for t, b in paper.tasks.items()}
     assert budgets == {
-        "precision_cartpole": 40000,
+        "cartpole": 40000,
         "mountaincar": 10000,
         "hopper": 20000,
         "lunarlander": 30000,
@@ -81,7 +81,7 @@ def test_plan_runs_and_profile_errors(tmp_path):
     profile = load_profile("quick")
     specs = plan_runs(profile, ["mountaincar"], ["sppo"], 2)
     assert [str(s) for s in specs] == ["mountaincar/sppo/seed0", "mountaincar/sppo/seed1"]
-    assert specs[0].episodes == 400 and specs[0].overrides == ("eval_every=5",)
+    assert specs[0].episodes == 400 and specs[0].overrides == ("rl.eval_every=5",)
     cases = [
         (lambda: load_profile("fast"), "unknown profile 'fast'; valid: paper, quick, standard"),
         (lambda: plan_runs(profile, ["cartpole"]), "unknown task 'cartpole' for profile 'quick'"),
@@ -120,21 +120,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_skip_resume_and_clone_first(tmp_path, workers):
-    specs = plan_runs(load_profile("quick"), ["precision_cartpole", "mountaincar"], None, 2)
-    write_run(tmp_path, "precision_cartpole", "sppo", 0, 1280)  # finished earlier
+    specs = plan_runs(load_profile("quick"), ["cartpole", "mountaincar"], None, 2)
+    write_run(tmp_path, "cartpole", "sppo", 0, 1280)  # finished earlier
     write_run(tmp_path, "mountaincar", "sppo", 1, 400, finished=False)  # interrupted earlier
     assert run_state(specs[0], tmp_path) == "done"
     assert run_state(specs[5], tmp_path) == "resume" and run_state(specs[1], tmp_path) == "new"
     result = run_suite(specs, tmp_path, workers=workers, run_fn=fake_train, clone_fn=fake_clone)
-    assert [str(s) for s in result.skipped] == ["precision_cartpole/sppo/seed0"]
+    assert [str(s) for s in result.skipped] == ["cartpole/sppo/seed0"]
     failed = {str(s): why for s, why in result.failed}
-    assert set(failed) == {"precision_cartpole/ppo-gae/seed1", "mountaincar/ppo-gae/seed1"}
+    assert set(failed) == {"cartpole/ppo-gae/seed1", "mountaincar/ppo-gae/seed1"}
     assert all(why == "ValueError: diverged" for why in failed.values())
     assert len(result.finished) == 8 - 1 - 2
     events = _events(tmp_path)
     clones = [e for e in events if e["kind"] == "clone"]
     runs = [e for e in events if e["kind"] == "run"]
-    assert sorted(e["task"] for e in clones) == ["mountaincar", "precision_cartpole"]
+    assert sorted(e["task"] for e in clones) == ["mountaincar", "cartpole"]
     assert len(runs) == 7  # the finished run was not started again
     resumed = [(e["task"], e["algo"], e["seed"]) for e in runs if e["resumed"]]
     assert resumed == [("mountaincar", "sppo", 1)]

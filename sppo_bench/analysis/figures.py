@@ -31,7 +31,7 @@ from sppo_bench.analysis.stats import auroc, correlations, mean_ci_over_runs  # 
 from sppo_bench.errors import UserError  # noqa: E402
 
 TASK_TITLES = {
-    "precision_cartpole": "Precision CartPole",
+    "cartpole": "Precision CartPole",
     "mountaincar": "MountainCar",
     "hopper": "Hopper",
     "lunarlander": "LunarLander",

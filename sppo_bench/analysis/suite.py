@@ -33,7 +33,7 @@ from sppo_bench.errors import UserError
 
 ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "envs" / "profiles"
-EVAL_EVERY_KEY = "eval_every"  # the trainer-config key the profile's eval interval overrides
+EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval interval overrides
 EXECUTORS = ("local", "ray")
 
 RunFn = Callable[..., Path]  # train_run(task, algo, seed, runs_dir, episodes, overrides, progress)

@@ -11,7 +11,7 @@ from pathlib import Path
 from sppo_bench.analysis.runs import DEFAULT_FINAL_EVALS, DEFAULT_METRIC, EVAL_METRICS
 from sppo_bench.errors import UserError
 
-DEMO_TASKS = ("precision_cartpole", "mountaincar")
+DEMO_TASKS = ("cartpole", "mountaincar")
 DEMO_ALGOS = ("sppo", "ppo-gae")
 DEMO_SEEDS = 3
 FIGURE_NAMES = {"curves": "learning_curves.png", "calibration": "calibration.png"}

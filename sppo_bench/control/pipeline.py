@@ -1,0 +1,18 @@
+"""The first two stages as one call: the task's expert, then its cloned policy, each cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sppo_bench.control.cloning import clone_expert
+from sppo_bench.control.expert import train_expert
+
+
+def ensure_clone(task: str, runs_dir: Path = Path("runs"), progress: bool = False) -> Path:
+    """Train the expert if its folder has no ``done`` marker, then clone it likewise.
+
+    Returns the clone folder (``runs/control/<task>/clone``), whose ``policy.pt`` every RL run of
+    the task starts from.
+    """
+    train_expert(task, Path(runs_dir), progress=progress)
+    return clone_expert(task, Path(runs_dir), progress=progress)
