@@ -84,7 +84,7 @@ def test_plan_runs_and_profile_errors(tmp_path):
     assert specs[0].episodes == 400 and specs[0].overrides == ("rl.eval_every=5",)
     cases = [
         (lambda: load_profile("fast"), "unknown profile 'fast'; valid: paper, quick, standard"),
-        (lambda: plan_runs(profile, ["cartpole"]), "unknown task 'cartpole' for profile 'quick'"),
+        (lambda: plan_runs(profile, ["acrobot"]), "unknown task 'acrobot' for profile 'quick'"),
         (
             lambda: plan_runs(profile, None, ["ppo"]),
             "unknown algorithm 'ppo'; valid: sppo, ppo-gae",
@@ -109,7 +109,7 @@ def test_plan_runs_and_profile_errors(tmp_path):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     for argv in (
         ["suite", "run", "--profile", "fast"],
-        ["suite", "run", "--tasks", "cartpole"],
+        ["suite", "run", "--tasks", "acrobot"],
         ["suite", "run", "--algos", "ppo"],
         ["suite", "report", "--runs-dir", str(tmp_path / "none")],
     ):
@@ -134,11 +134,11 @@ def test_skip_resume_and_clone_first(tmp_path, workers):
     events = _events(tmp_path)
     clones = [e for e in events if e["kind"] == "clone"]
     runs = [e for e in events if e["kind"] == "run"]
-    assert sorted(e["task"] for e in clones) == ["mountaincar", "cartpole"]
+    assert sorted(e["task"] for e in clones) == ["cartpole", "mountaincar"]
     assert len(runs) == 7  # the finished run was not started again
     resumed = [(e["task"], e["algo"], e["seed"]) for e in runs if e["resumed"]]
     assert resumed == [("mountaincar", "sppo", 1)]
-    assert all(e["overrides"][0].startswith("eval_every=") for e in runs)
+    assert all(e["overrides"][0].startswith("rl.eval_every=") for e in runs)
     # second invocation: only the two failed runs are attempted again
     again = run_suite(specs, tmp_path, workers=workers, run_fn=fake_train, clone_fn=fake_clone)
     assert len(again.skipped) == 6 and len(again.failed) == 2 and not again.finished
