@@ -8,8 +8,7 @@ are the ``expert.shaping`` mapping of ``envs/<task>.yaml``; names not listed her
 - cartpole: r = 1 - min(1, k_theta |theta| + k_theta_dot |theta_dot| + k_x |x|)
 - mountaincar: r = k_energy (gamma phi(s') - phi(s)), phi = mechanical energy scaled to 0 at
   the valley floor at rest and 1 at the goal height (potential-based shaping)
-- hopper: r = alive - k_track |x_velocity - v_target| - k_ctrl |a|^2 (tracking a moderate
-  forward speed: standing still, a stable local optimum of an alive bonus, costs reward)
+- hopper: r = alive + k_vel clip(x_velocity, -v_cap, v_cap) - k_ctrl |a|^2
 - lunarlander: r = k_base * (the base LunarLander reward: distance, speed, tilt, leg contact,
   engine use, -100 crash / +100 at rest)
 - pendulum: r = k_base * base_reward / 16.27 + k_upright [cos(theta) > 0.8]
@@ -31,8 +30,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "mountaincar": {"k_energy": 10.0, "gamma": 0.99, "success_bonus": 10.0},
     "hopper": {
         "alive": 1.0,
-        "k_track": 1.5,
-        "v_target": 0.4,
+        "k_vel": 3.0,
+        "v_cap": 0.5,
         "k_ctrl": 1e-3,
         "success_bonus": 100.0,
     },
@@ -95,7 +94,7 @@ class ShapedReward(gym.Wrapper):
             self._prev_x = x
             ctrl = float(np.sum(np.square(data.ctrl)))
             shaped = 0.0 if terminated else k["alive"]
-            shaped -= k["k_track"] * abs(velocity - k["v_target"])
+            shaped += k["k_vel"] * float(np.clip(velocity, -k["v_cap"], k["v_cap"]))
             shaped -= k["k_ctrl"] * ctrl
         elif self.task == "lunarlander":
             shaped = k["k_base"] * self.env.base_reward
