@@ -8,8 +8,9 @@ are the ``expert.shaping`` mapping of ``envs/<task>.yaml``; names not listed her
 - cartpole: r = 1 - min(1, k_theta |theta| + k_theta_dot |theta_dot| + k_x |x|)
 - mountaincar: r = k_energy (gamma phi(s') - phi(s)), phi = mechanical energy scaled to 0 at
   the valley floor at rest and 1 at the goal height (potential-based shaping)
-- hopper: r = alive - k_track |x_velocity - v_target| - k_ctrl |a|^2 (tracking a moderate
-  forward speed: standing still, a stable local optimum of an alive bonus, costs reward)
+- hopper: r = alive + k_vel clip(x_velocity, -v_cap, v_cap) [x < x_target] - k_ctrl |a|^2: the
+  speed bonus stops once the torso has passed x_target, so the best behaviour is to hop past
+  it and then stay up (standing still is a stable way to survive)
 - lunarlander: r = k_base * (the base LunarLander reward: distance, speed, tilt, leg contact,
   engine use, -100 crash / +100 at rest)
 - pendulum: r = k_base * base_reward / 16.27 + k_upright [cos(theta) > 0.8]
@@ -31,8 +32,9 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "mountaincar": {"k_energy": 10.0, "gamma": 0.99, "success_bonus": 10.0},
     "hopper": {
         "alive": 1.0,
-        "k_track": 1.5,
-        "v_target": 0.4,
+        "k_vel": 3.0,
+        "v_cap": 0.5,
+        "x_target": 1.5,
         "k_ctrl": 1e-3,
         "success_bonus": 100.0,
     },
@@ -92,10 +94,12 @@ class ShapedReward(gym.Wrapper):
             data = self.env.unwrapped.data
             x = float(data.qpos[0])
             velocity = (x - self._prev_x) / self.env.unwrapped.dt
+            before_target = self._prev_x < k["x_target"]
             self._prev_x = x
             ctrl = float(np.sum(np.square(data.ctrl)))
             shaped = 0.0 if terminated else k["alive"]
-            shaped -= k["k_track"] * abs(velocity - k["v_target"])
+            if before_target:
+                shaped += k["k_vel"] * float(np.clip(velocity, -k["v_cap"], k["v_cap"]))
             shaped -= k["k_ctrl"] * ctrl
         elif self.task == "lunarlander":
             shaped = k["k_base"] * self.env.base_reward
