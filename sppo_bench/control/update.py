@@ -128,7 +128,7 @@ def ppo_update(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             policy_opt.step()
-            stats["policy"].append(pl.loss.item())
+            stats["policy"].append(pl.loss.detach().item())
             stats["entropy"].append(float(entropy_mean))
             stats["kl"].append(float(pl.approx_kl))
             stats["clip"].append(float(pl.clip_fraction))
@@ -144,7 +144,7 @@ def ppo_update(
                 value_loss.backward()
                 torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                 critic_opt.step()
-                stats["value"].append(value_loss.item())
+                stats["value"].append(value_loss.detach().item())
     result: dict[str, float | None] = {
         "losses/policy": float(np.mean(stats["policy"])),
         "losses/value": float(np.mean(stats["value"])) if stats["value"] else None,
