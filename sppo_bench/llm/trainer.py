@@ -102,6 +102,10 @@ class LLMTrainer:
         self.critic = build_critic(
             self.spec.critic, cfg.critic.model, self.tokenizer, cfg.model.dtype, cfg.train.seed + 1
         )
+        if cfg.model.init:
+            from sppo_bench.llm.warm_start import load_initial_weights
+
+            load_initial_weights(cfg, self.policy, self.critic)
         if cfg.model.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.ref = None
