@@ -92,7 +92,14 @@ def warm_start_accuracy(base: LLMConfig, args, problems, reward_fn) -> float:
     from sppo_bench.llm.warm_start import initial_policy_state
 
     path = args.runs / "warm_start_eval.json"
-    key = {"init": base.model.init, "prompts": len(problems), "k": args.eval_k}
+    r = base.rollout
+    key = {
+        "init": base.model.init,
+        "prompts": len(problems),
+        "k": args.eval_k,
+        "temperature": r.temperature,
+        "max_new_tokens": r.max_new_tokens,
+    }
     if path.exists() and json.loads(path.read_text())["key"] == key:
         return json.loads(path.read_text())["accuracy"]
     m = base.model

@@ -147,3 +147,22 @@ def test_summary_finds_first_reaching_points():
     rows = [{"value": v, "success": s, "k": 4} for v, s in [(0.1, 0.0), (0.5, 0.5), (0.9, 1.0)]]
     st = calibration_stats(rows)
     assert st["spearman"] == pytest.approx(1.0) and st["pearson"] > 0.99
+
+
+def test_actor_lr_warms_up_linearly_then_stays():
+    from types import SimpleNamespace
+
+    from sppo_bench.llm.recipe import OptimConfig
+    from sppo_bench.llm.trainer import LLMTrainer
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    stub = SimpleNamespace(cfg=SimpleNamespace(actor=OptimConfig(lr=0.4, warmup_steps=4)))
+    stub.actor_opt = opt
+    seen = []
+    for k in range(6):
+        LLMTrainer._set_actor_lr(stub, k)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    stub.cfg.actor = OptimConfig(lr=0.4, warmup_steps=0)
+    LLMTrainer._set_actor_lr(stub, 0)
+    assert opt.param_groups[0]["lr"] == 0.4

@@ -90,10 +90,14 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
+    """warmup_steps: the policy's lr rises linearly from lr / warmup_steps to lr over its first
+    ``warmup_steps`` updating RL steps (0 = constant lr, the paper's)."""
+
     lr: float = 1e-6
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
+    warmup_steps: int = 0
 
 
 @dataclass

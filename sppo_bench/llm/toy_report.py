@@ -104,9 +104,12 @@ def _maybe(value, fmt: str) -> str:
 
 def plot_curves(curves: dict[tuple[str, int], list[dict]], path: str | Path) -> None:
     """Held-out accuracy (%) against generated samples and against training wall time."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     seen: set[str] = set()
-    for (algo, _seed), rows in sorted(curves.items()):
+    order = {name: i for i, name in enumerate(LABELS)}
+    for (algo, _seed), rows in sorted(
+        curves.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0])
+    ):
         acc = [100 * r["accuracy"] for r in rows]
         label = None if algo in seen else LABELS.get(algo, algo)
         seen.add(algo)
@@ -115,13 +118,12 @@ def plot_curves(curves: dict[tuple[str, int], list[dict]], path: str | Path) -> 
             ax.plot(x, acc, marker="o", ms=3, color=COLORS.get(algo), label=label, lw=1.5)
     warm = 100 * next(iter(curves.values()))[0]["accuracy"]
     for ax in axes:
-        ax.axhline(warm, color="grey", ls=":", lw=1)
+        ax.axhline(warm, color="grey", ls=":", lw=1, label="warm start" if ax is axes[0] else None)
         ax.grid(alpha=0.3)
-    axes[0].text(0, warm, " warm start", va="bottom", color="grey", fontsize=8)
     axes[0].set_xlabel("generated responses")
     axes[1].set_xlabel("training wall time (min, evaluation excluded)")
     axes[0].set_ylabel("held-out accuracy (Average@k, %)")
-    axes[0].legend(loc="lower right")
+    axes[0].legend(loc="best", fontsize=9)
     fig.suptitle("Toy arithmetic: held-out accuracy during RL from the same warm start")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -217,25 +219,24 @@ def calibration_stats(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def reliability_bins(rows: list[dict], bins: int = 10) -> pd.DataFrame:
-    """Equal-width bins of V(s_p): mean V, mean empirical success and prompt count per bin."""
+def reliability_bins(rows: list[dict], bins: int = 8) -> pd.DataFrame:
+    """Equal-count bins of V(s_p) (prompts sorted by V, cut into ``bins`` groups): mean V, mean
+    empirical success and prompt count per bin. Equal counts keep every bin informative when the
+    critic's predictions span a narrow range."""
     v = np.array([r["value"] for r in rows])
     s = np.array([r["success"] for r in rows])
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(v, edges) - 1, 0, bins - 1)
+    order = np.argsort(v, kind="stable")
     out = []
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            out.append(
-                {
-                    "bin_low": edges[b],
-                    "bin_high": edges[b + 1],
-                    "mean_value": float(v[m].mean()),
-                    "mean_success": float(s[m].mean()),
-                    "prompts": int(m.sum()),
-                }
-            )
+    for part in np.array_split(order, min(bins, len(order))):
+        out.append(
+            {
+                "value_low": float(v[part].min()),
+                "value_high": float(v[part].max()),
+                "mean_value": float(v[part].mean()),
+                "mean_success": float(s[part].mean()),
+                "prompts": len(part),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -252,15 +253,9 @@ def plot_calibration(rows: list[dict], path: str | Path) -> None:
     axes[0].set_ylabel(f"empirical success over {st['samples_per_prompt']} samples")
     axes[0].set_title(f"Pearson {st['pearson']:.3f}, Spearman {st['spearman']:.3f}")
     axes[1].plot(binned.mean_value, binned.mean_success, marker="o", color="tab:blue")
-    for _, b in binned.iterrows():
-        axes[1].annotate(
-            str(int(b.prompts)),
-            (b.mean_value, b.mean_success),
-            textcoords="offset points",
-            xytext=(4, -10),
-            fontsize=7,
-        )
-    axes[1].set_xlabel("mean V(s_p) in bin (bins of width 0.1; labels: prompts)")
+    axes[1].set_xlabel(
+        f"mean V(s_p) in bin ({len(binned)} bins of {int(binned.prompts[0])} prompts)"
+    )
     axes[1].set_ylabel("mean empirical success in bin")
     axes[1].set_title("reliability diagram")
     for ax in axes:
