@@ -37,7 +37,10 @@ def _first_reaching(rows: list[dict], level: float) -> dict | None:
 def summary_table(curves: dict[tuple[str, int], list[dict]]) -> pd.DataFrame:
     """One row per (algorithm, seed); accuracies in percent, wall times in seconds."""
     out = []
-    for (algo, seed), rows in sorted(curves.items()):
+    order = {name: i for i, name in enumerate(LABELS)}
+    for (algo, seed), rows in sorted(
+        curves.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0])
+    ):
         best = max(r["accuracy"] for r in rows)
         at_best = _first_reaching(rows, best)
         row = {
@@ -196,7 +199,7 @@ def plot_token_values(traces: list[dict], path: str | Path, individual: int = 4)
     axes[0].set_xlabel("response token position t (from the first token)")
     axes[1].set_xlabel("response token position (0 = the last token, eos)")
     axes[0].set_ylabel("token critic V(s_t)")
-    axes[0].legend(loc="best")
+    axes[1].legend(loc="center left")
     fig.suptitle(
         "PPO-GAE token-level critic on held-out prompts: mean ± std, thin lines = single responses"
     )
