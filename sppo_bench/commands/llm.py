@@ -90,6 +90,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         state = torch.load(path, map_location="cpu", weights_only=False)
         policy.load_state_dict(state["policy"])
         checkpoint = {"path": str(path.resolve()), "step": int(state["step"])}
+    elif cfg.model.init:
+        from sppo_bench.llm.warm_start import initial_policy_state
+
+        m = cfg.model
+        policy.load_state_dict(initial_policy_state(m.policy, m.init, m.init_builder))
+        checkpoint = {"path": str(Path(m.init).resolve()), "step": 0}
     policy.to(pick_device(cfg.train.device)).eval()
     engine = make_engine(cfg, policy, tokenizer)
     with Verifier(cfg.train.reward_workers, cfg.train.reward_timeout_s) as verifier:

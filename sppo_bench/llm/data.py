@@ -100,6 +100,10 @@ def load_problems(
     file, the line (or row) and what is wrong.
     """
     source = str(source)
+    if source.startswith("toy:"):  # the synthetic CPU task, generated in process
+        from sppo_bench.llm.toy import load_toy_problems
+
+        return load_toy_problems(source, split, limit)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit is {limit!r}; valid: a positive integer or None")
     path = Path(source).expanduser()

@@ -36,12 +36,16 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 @dataclass
 class ModelConfig:
     """policy: a Hub id / local path or ``tiny:<size>``. dtype: parameter (master) dtype;
-    compute_dtype: autocast dtype on CUDA (float32 = no autocast)."""
+    compute_dtype: autocast dtype on CUDA (float32 = no autocast). init: a file with starting
+    weights ``{"policy": state_dict}`` (None = the model's own); init_builder: what builds
+    ``init`` when it is absent (``toy-arithmetic``; see ``sppo_bench.llm.warm_start``)."""
 
     policy: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
     dtype: Dtype = "float32"
     compute_dtype: Dtype = "bfloat16"
     gradient_checkpointing: bool = True
+    init: str | None = None
+    init_builder: str | None = None
 
 
 @dataclass
@@ -86,10 +90,14 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
+    """warmup_steps: the policy's lr rises linearly from lr / warmup_steps to lr over its first
+    ``warmup_steps`` updating RL steps (0 = constant lr, the paper's)."""
+
     lr: float = 1e-6
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
+    warmup_steps: int = 0
 
 
 @dataclass

@@ -102,6 +102,10 @@ class LLMTrainer:
         self.critic = build_critic(
             self.spec.critic, cfg.critic.model, self.tokenizer, cfg.model.dtype, cfg.train.seed + 1
         )
+        if cfg.model.init:
+            from sppo_bench.llm.warm_start import load_initial_weights
+
+            load_initial_weights(cfg, self.policy, self.critic)
         if cfg.model.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.ref = None
@@ -242,6 +246,7 @@ class LLMTrainer:
 
         if step >= cfg.critic.warmup_steps or self.critic is None:
             t0 = time.perf_counter()
+            self._set_actor_lr(step - (cfg.critic.warmup_steps if self.critic is not None else 0))
             row.update(
                 run_policy_update(
                     self.policy,
@@ -275,6 +280,13 @@ class LLMTrainer:
             after = self.verifier.stats  # this step's counts (the verifier's are cumulative)
             row.update({f"verifier_{k}": v - before.get(k, 0) for k, v in after.items()})
         return row
+
+    def _set_actor_lr(self, updates_before: int) -> None:
+        """Linear lr warm-up over the first ``actor.warmup_steps`` policy-updating steps."""
+        a = self.cfg.actor
+        scale = min(1.0, (updates_before + 1) / a.warmup_steps) if a.warmup_steps > 0 else 1.0
+        for group in self.actor_opt.param_groups:
+            group["lr"] = a.lr * scale
 
     def _estimator_params(self) -> dict[str, object]:
         a = self.cfg.algo

@@ -1,0 +1,227 @@
+"""Rerun the CPU toy comparison (SPPO, GRPO N=8, PPO-GAE from one warm start) and redraw it.
+
+    python bench/llm_toy.py                # the full comparison, results under results/llm/
+    python bench/llm_toy.py --quick        # a smaller run, results under runs/llm-toy-bench-quick/
+    python bench/llm_toy.py --report-only  # redraw tables and figures from finished runs
+
+Every algorithm trains with the recipe ``llm/toy-arithmetic.yaml`` (equal prompts per step, one
+actor lr and one critic lr), the same seeds and the same budget of generated responses
+(``--samples``); held-out Average@k on the toy's ``test`` split is measured every
+``--eval-every`` responses (the warm start is step 0). After training, the PPO-GAE critic's
+V(s_t) is recorded on one sampled response per held-out prompt, and the SPPO critic's V(s_p) is
+compared with the empirical success of ``--calibration-k`` samples per prompt.
+
+Runs live in ``--runs/<algo>-s<seed>/`` (the trainer's checkpoint and metrics, ``curve.jsonl``,
+probe files, and ``bench.json`` written last); an interrupted bench resumes where it stopped and a
+finished run is not redone. Wall time is the trainer's summed step time (evaluation excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from sppo_bench.config import load_config  # noqa: E402
+from sppo_bench.io import MetricsWriter, atomic_write_json, atomic_write_text  # noqa: E402
+from sppo_bench.llm import toy_report  # noqa: E402
+from sppo_bench.llm.data import load_problems  # noqa: E402
+from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults  # noqa: E402
+
+EVAL_SEED = 12345
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="llm/toy-arithmetic.yaml")
+    p.add_argument("--algos", nargs="+", default=["sppo", "grpo", "ppo-gae"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--samples", type=int, default=8192, help="generated responses per run")
+    p.add_argument("--eval-every", type=int, default=512, help="responses between evaluations")
+    p.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts (max 256)")
+    p.add_argument("--eval-k", type=int, default=2, help="samples per held-out prompt")
+    p.add_argument("--calibration-k", type=int, default=16, help="samples per prompt (SPPO)")
+    p.add_argument("--runs", default=None, help="run folder (default runs/llm-toy-bench[-quick])")
+    p.add_argument("--out", default=None, help="results folder (default results/llm)")
+    p.add_argument("--quick", action="store_true", help="a small run: 768 responses, 64 prompts")
+    p.add_argument("--report-only", action="store_true", help="only redraw from finished runs")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.samples, args.eval_every = min(args.samples, 768), min(args.eval_every, 256)
+        args.eval_prompts, args.calibration_k = min(args.eval_prompts, 64), 4
+    args.runs = Path(
+        args.runs or ("runs/llm-toy-bench-quick" if args.quick else "runs/llm-toy-bench")
+    )
+    args.out = Path(args.out or (args.runs / "results" if args.quick else "results/llm"))
+    return args
+
+
+def run_config(base: LLMConfig, algo: str, seed: int) -> LLMConfig:
+    cfg = replace(base, algo=replace(base.algo, name=algo), train=replace(base.train, seed=seed))
+    return resolve_algorithm_defaults(cfg)
+
+
+def trained_steps(run_dir: Path) -> tuple[int, float]:
+    """(steps in the trainer's metrics, their summed step time in seconds)."""
+    rows = MetricsWriter(run_dir / "metrics.jsonl").rows()
+    return len(rows), sum(r["time_step"] for r in rows)
+
+
+def evaluate(policy, tokenizer, problems, reward_fn, cfg: LLMConfig, k: int) -> float:
+    from sppo_bench.llm.toy_probes import sampled_accuracy
+
+    r = cfg.rollout
+    return sampled_accuracy(
+        policy, tokenizer, problems, reward_fn, k, r.temperature, r.max_new_tokens, EVAL_SEED
+    )
+
+
+def warm_start_accuracy(base: LLMConfig, args, problems, reward_fn) -> float:
+    """Held-out accuracy of the warm start (built first when absent), cached in the runs folder."""
+    from sppo_bench.llm.models import load_policy, load_tokenizer
+    from sppo_bench.llm.warm_start import initial_policy_state
+
+    path = args.runs / "warm_start_eval.json"
+    r = base.rollout
+    key = {
+        "init": base.model.init,
+        "prompts": len(problems),
+        "k": args.eval_k,
+        "temperature": r.temperature,
+        "max_new_tokens": r.max_new_tokens,
+    }
+    if path.exists() and json.loads(path.read_text())["key"] == key:
+        return json.loads(path.read_text())["accuracy"]
+    m = base.model
+    tokenizer = load_tokenizer(m.policy)
+    policy = load_policy(m.policy, tokenizer)
+    policy.load_state_dict(initial_policy_state(m.policy, m.init, m.init_builder))
+    acc = evaluate(policy, tokenizer, problems, reward_fn, base, args.eval_k)
+    atomic_write_json(path, {"key": key, "accuracy": acc})
+    return acc
+
+
+def run_one(base: LLMConfig, algo: str, seed: int, args, problems, reward_fn, warm: float):
+    """Train one (algorithm, seed) to the sample budget with evaluations; then probe its critic."""
+    from sppo_bench.llm.toy_probes import sequence_calibration, token_value_traces
+    from sppo_bench.llm.trainer import LLMTrainer
+
+    cfg = run_config(base, algo, seed)
+    run_dir = args.runs / f"{cfg.algo.name}-s{seed}"
+    if (run_dir / "bench.json").exists():
+        return
+    per_step = cfg.train.batch_size * cfg.algo.n_samples
+    total = math.ceil(args.samples / per_step)
+    every = max(1, round(args.eval_every / per_step))
+    trainer = LLMTrainer(
+        replace(cfg, train=replace(cfg.train, steps=0)), run_dir, reward_fn=reward_fn
+    )
+    curve = MetricsWriter(run_dir / "curve.jsonl")
+    try:
+        if not curve.rows():
+            curve.append({"step": 0, "samples": 0, "wall_s": 0.0, "accuracy": warm})
+        targets = sorted({*range(every, total, every), total})
+        for target in targets:
+            if any(r["step"] == target for r in curve.rows()):
+                continue
+            trainer.cfg = replace(trainer.cfg, train=replace(trainer.cfg.train, steps=target))
+            print(f"{cfg.algo.name} seed {seed}: steps -> {target}/{total}", flush=True)
+            trainer.train(progress=False)
+            steps, wall = trained_steps(run_dir)
+            acc = evaluate(trainer.policy, trainer.tokenizer, problems, reward_fn, cfg, args.eval_k)
+            curve.truncate_after("step", target - 1)
+            row = {"step": steps, "samples": steps * per_step, "wall_s": wall, "accuracy": acc}
+            curve.append(row)
+            print(f"  {json.dumps(row)}", flush=True)
+        r = cfg.rollout
+        if trainer.spec.critic == "step":
+            traces = token_value_traces(
+                trainer.policy, trainer.critic, trainer.tokenizer, problems, reward_fn,
+                r.temperature, r.max_new_tokens, EVAL_SEED,
+            )  # fmt: skip
+            atomic_write_text(run_dir / "token_values.json", json.dumps(traces))
+        if trainer.spec.critic == "sequence":
+            calib = sequence_calibration(
+                trainer.policy, trainer.critic, trainer.tokenizer, problems, reward_fn,
+                args.calibration_k, r.temperature, r.max_new_tokens, EVAL_SEED,
+            )  # fmt: skip
+            atomic_write_text(run_dir / "calibration.json", json.dumps(calib))
+        atomic_write_json(run_dir / "bench.json", {"steps": total, "samples": total * per_step})
+    finally:
+        trainer.close()
+
+
+def report(args, algos: list[str]) -> None:
+    """Tables and figures from every finished run under ``args.runs``."""
+    import pandas as pd
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {}
+    for run_dir in sorted(args.runs.glob("*-s*")):
+        if (run_dir / "bench.json").exists():
+            algo, seed = run_dir.name.rsplit("-s", 1)
+            if algo in algos:
+                curves[(algo, int(seed))] = MetricsWriter(run_dir / "curve.jsonl").rows()
+    if not curves:
+        print(f"no finished runs under {args.runs}")
+        return
+    table = toy_report.summary_table(curves)
+    atomic_write_text(out / "toy_summary.csv", table.to_csv(index=False))
+    atomic_write_text(out / "toy_summary.md", toy_report.markdown_table(table))
+    long = [{"method": a, "seed": s, **r} for (a, s), rows in curves.items() for r in rows]
+    atomic_write_text(out / "toy_curves.csv", pd.DataFrame(long).to_csv(index=False))
+    toy_report.plot_curves(curves, out / "toy_accuracy.png")
+    for run_dir in sorted(args.runs.glob("gae-s*")):
+        if (run_dir / "token_values.json").exists():
+            traces = json.loads((run_dir / "token_values.json").read_text())
+            seed = run_dir.name.rsplit("-s", 1)[1]
+            profile = toy_report.token_value_profile(traces)
+            atomic_write_text(out / f"toy_token_values_s{seed}.csv", profile.to_csv(index=False))
+            toy_report.plot_token_values(traces, out / f"toy_token_values_s{seed}.png")
+    for run_dir in sorted(args.runs.glob("sppo-s*")):
+        if (run_dir / "calibration.json").exists():
+            rows = json.loads((run_dir / "calibration.json").read_text())
+            seed = run_dir.name.rsplit("-s", 1)[1]
+            stats = toy_report.calibration_stats(rows)
+            atomic_write_json(out / f"toy_calibration_s{seed}.json", stats)
+            binned = toy_report.reliability_bins(rows)
+            atomic_write_text(out / f"toy_calibration_bins_s{seed}.csv", binned.to_csv(index=False))
+            toy_report.plot_calibration(rows, out / f"toy_calibration_s{seed}.png")
+            print(f"SPPO critic calibration (seed {seed}): {json.dumps(stats)}")
+    print(toy_report.markdown_table(table))
+    print(f"results: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base = load_config(LLMConfig, args.recipe, args.overrides)
+    algos = [resolve_algorithm_defaults(run_config(base, a, 0)).algo.name for a in args.algos]
+    if not args.report_only:
+        from sppo_bench.llm.verifier import Verifier
+
+        split = "test"
+        problems = load_problems(f"toy:arithmetic/{split}", limit=args.eval_prompts)
+        with Verifier(base.train.reward_workers, base.train.reward_timeout_s) as verifier:
+            warm = warm_start_accuracy(base, args, problems, verifier.score_batch)
+            print(f"warm start: held-out accuracy {100 * warm:.1f}%", flush=True)
+            for seed in args.seeds:
+                for algo in args.algos:
+                    run_one(base, algo, seed, args, problems, verifier.score_batch, warm)
+    report(args, algos)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
