@@ -129,7 +129,7 @@ def ppo_update(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             policy_opt.step()
             stats["policy"].append(pl.loss.detach().item())
-            stats["entropy"].append(float(entropy_mean))
+            stats["entropy"].append(entropy_mean.detach().item())
             stats["kl"].append(float(pl.approx_kl))
             stats["clip"].append(float(pl.clip_fraction))
             if critic is not None and critic_opt is not None:
