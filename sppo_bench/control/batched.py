@@ -24,6 +24,7 @@ check it over full horizons). The sparse task layer follows the control-track co
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from gymnasium.vector.vector_env import AutoresetMode
 from sppo_bench.control import rules
 
 
-class _BatchedSparseEnv(VectorEnv):
+class _BatchedSparseEnv(VectorEnv, ABC):
     """Shared reset / bookkeeping; subclasses define the start-state draw and the physics.
 
     State is kept structure-of-arrays, ``self._state [k, N]`` float64, so each physical quantity
@@ -68,26 +69,27 @@ class _BatchedSparseEnv(VectorEnv):
         self._success = np.zeros(self.num_envs, dtype=bool)
 
     # --- subclass hooks -------------------------------------------------------------------
+    @abstractmethod
     def _draw_start(self, rng: np.random.Generator) -> np.ndarray:
         """One env's start state ``[k]`` float64, drawn as the base env's ``reset`` draws it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _physics(self, state: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``state [k, N]``, ``actions`` → (new state ``[k, N]``, base termination ``[N]`` bool)."""
-        raise NotImplementedError
 
     def _observe(self, state: np.ndarray) -> np.ndarray:
         """``state [k, N]`` → observation ``[N, d]`` float32 (the base env's observation)."""
         return state.T.astype(np.float32)
 
+    @abstractmethod
     def _end_rule(
         self, obs: np.ndarray, base_term: np.ndarray, at_horizon: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """→ (terminated ``[N]``, success ``[N]``; success read only where the env ends)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Implemented by each task."""
 
     # --- VectorEnv API ----------------------------------------------------------------------
     def reset(

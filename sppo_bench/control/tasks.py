@@ -15,6 +15,7 @@ Importing :mod:`sppo_bench` registers the ids ``sppo_bench/<Name>-v0`` (see ``TA
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from sppo_bench.control import rules
 from sppo_bench.errors import UserError
 
 
-class SparseTask(gym.Wrapper):
+class SparseTask(gym.Wrapper, ABC):
     """Base class: horizon, binary terminal reward, ``info["success"]``.
 
     Subclasses set ``horizon`` and implement ``_success(obs, terminated, base_info) -> bool``,
@@ -57,8 +58,9 @@ class SparseTask(gym.Wrapper):
     def _base_terminated(self, obs: np.ndarray, terminated: bool, base_info: dict) -> bool:
         return bool(terminated)
 
+    @abstractmethod
     def _success(self, obs: np.ndarray, terminated: bool, base_info: dict) -> bool:
-        raise NotImplementedError
+        """Implemented by each task."""
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._continuous:
