@@ -99,11 +99,8 @@ def response_log_probs(
     return log_probs, entropy
 
 
-class SequenceCritic(nn.Module):
-    """SPPO critic: logit v = w . h_last_prompt_token + b; V(s_p) = sigmoid(v).
-
-    The head starts at zero, so V = 0.5 before training.
-    """
+class _ValueHeadModel(nn.Module):
+    """A transformer backbone with a scalar linear head that starts at zero (V = 0 / 0.5)."""
 
     def __init__(self, backbone: PreTrainedModel) -> None:
         super().__init__()
@@ -112,37 +109,36 @@ class SequenceCritic(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
-        """``[B, P]`` prompt ids and mask -> ``[B]`` float32 logits at the last prompt token."""
-        hidden = self.backbone(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            position_ids=positions(prompt_mask),
-            use_cache=False,
-        ).last_hidden_state
-        last = last_token_index(prompt_mask)
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.head(h.float()).squeeze(-1)
-
-
-class TokenCritic(nn.Module):
-    """PPO-GAE critic: V(s_t) = w . h_{t-1} + b for every response token t (head starts at 0)."""
-
-    def __init__(self, backbone: PreTrainedModel) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.config.hidden_size, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-        """``[B, P + T]`` prompt + response -> ``[B, T]`` float32 values of the response states."""
-        hidden = self.backbone(
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``[B, L]`` ids and mask (left padding allowed) -> ``[B, L, H]`` last hidden states."""
+        return self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions(attention_mask),
             use_cache=False,
         ).last_hidden_state
+
+
+class SequenceCritic(_ValueHeadModel):
+    """SPPO critic: logit v = w . h_last_prompt_token + b; V(s_p) = sigmoid(v).
+
+    The head starts at zero, so V = 0.5 before training.
+    """
+
+    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+        """``[B, P]`` prompt ids and mask -> ``[B]`` float32 logits at the last prompt token."""
+        hidden = self.hidden_states(prompt_ids, prompt_mask)
+        last = last_token_index(prompt_mask)
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.head(h.float()).squeeze(-1)
+
+
+class TokenCritic(_ValueHeadModel):
+    """PPO-GAE critic: V(s_t) = w . h_{t-1} + b for every response token t (head starts at 0)."""
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+        """``[B, P + T]`` prompt + response -> ``[B, T]`` float32 values of the response states."""
+        hidden = self.hidden_states(input_ids, attention_mask)
         h = hidden[:, -response_length - 1 : -1]
         return self.head(h.float()).squeeze(-1)
 
