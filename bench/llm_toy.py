@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-k", type=int, default=16, help="samples per prompt (SPPO)")
     p.add_argument("--runs", default=None, help="run folder (default runs/llm-toy-bench[-quick])")
     p.add_argument("--out", default=None, help="results folder (default results/llm)")
-    p.add_argument("--quick", action="store_true", help="a small run: 768 responses, 64 prompts")
+    p.add_argument(
+        "--quick", action="store_true", help="a small run: 32 prompts per step, 768 responses"
+    )
     p.add_argument("--report-only", action="store_true", help="only redraw from finished runs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -59,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.samples, args.eval_every = min(args.samples, 768), min(args.eval_every, 256)
         args.eval_prompts, args.calibration_k = min(args.eval_prompts, 64), 4
+        quick_batch = ["train.batch_size=32", "train.mini_batch_size=32"]
+        args.overrides = quick_batch + args.overrides  # the user's --set still wins
     args.runs = Path(
         args.runs or ("runs/llm-toy-bench-quick" if args.quick else "runs/llm-toy-bench")
     )
