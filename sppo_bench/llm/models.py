@@ -1,6 +1,7 @@
 """Policy and critics, and the forward passes the trainer needs.
 
-- policy: ``AutoModelForCausalLM`` (or a ``tiny:<size>`` model from ``sppo_bench.llm.tiny``);
+- policy: ``AutoModelForCausalLM`` (or a ``tiny:<size>`` model from ``sppo_bench.llm.tiny``, or a
+  random-weight real-size ``random:<size>`` from ``sppo_bench.llm.random_models``);
 - ``SequenceCritic`` (SPPO): a causal-LM backbone with a scalar head read at the LAST PROMPT
   token, one logit v per prompt, V(s_p) = sigmoid(v), trained with BCE on the reward;
 - ``TokenCritic`` (PPO-GAE): the same backbone kind with a per-token value head, V(s_t) for every
@@ -21,6 +22,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrai
 
 from sppo_bench.core import entropy_from_logits
 from sppo_bench.errors import UserError
+from sppo_bench.llm.random_models import is_random, random_model, random_tokenizer
 from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,26 +33,46 @@ def is_tiny(name: str) -> bool:
 
 
 def load_tokenizer(name: str):
-    """``tiny:<size>`` -> the in-process tokenizer; else ``AutoTokenizer`` (left padding)."""
+    """``tiny:`` / ``random:`` -> an in-process tokenizer; else ``AutoTokenizer`` (left padding)."""
     if is_tiny(name):
         return tiny_tokenizer()
+    if is_random(name):
+        return random_tokenizer(name)
     tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_policy(name: str, tokenizer, dtype: str = "float32", seed: int = 0) -> PreTrainedModel:
-    """A causal LM: ``tiny:<size>`` built from a config with random weights, or from the Hub."""
+def load_policy(
+    name: str,
+    tokenizer,
+    dtype: str = "float32",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> PreTrainedModel:
+    """A causal LM: ``tiny:<size>`` / ``random:<size>`` built from a config with random weights,
+    or from the Hub. ``random:`` models are allocated directly on ``device`` (others are moved
+    there by the caller)."""
     if is_tiny(name):
         return tiny_model(name.split(":", 1)[1], tokenizer, seed=seed).to(DTYPES[dtype])
+    if is_random(name):
+        return random_model(name, tokenizer, DTYPES[dtype], device, seed)
     return AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype])
 
 
-def load_backbone(name: str, tokenizer, dtype: str = "float32", seed: int = 0) -> PreTrainedModel:
+def load_backbone(
+    name: str,
+    tokenizer,
+    dtype: str = "float32",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> PreTrainedModel:
     """The transformer without its LM head (hidden states out)."""
     if is_tiny(name):
         backbone = tiny_model(name.split(":", 1)[1], tokenizer, seed=seed).model
+    elif is_random(name):
+        backbone = random_model(name, tokenizer, DTYPES[dtype], device, seed).model
     else:
         backbone = AutoModel.from_pretrained(name, dtype=DTYPES[dtype])
     if len(tokenizer) > backbone.config.vocab_size:
@@ -143,9 +165,16 @@ class TokenCritic(_ValueHeadModel):
         return self.head(h.float()).squeeze(-1)
 
 
-def build_critic(kind: str, name: str, tokenizer, dtype: str, seed: int) -> nn.Module | None:
+def build_critic(
+    kind: str,
+    name: str,
+    tokenizer,
+    dtype: str,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> nn.Module | None:
     """``kind`` is the estimator's critic kind: "sequence", "step" or "none"."""
     if kind == "none":
         return None
-    backbone = load_backbone(name, tokenizer, dtype, seed)
+    backbone = load_backbone(name, tokenizer, dtype, seed, device)
     return SequenceCritic(backbone) if kind == "sequence" else TokenCritic(backbone)

@@ -35,10 +35,10 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 @dataclass
 class ModelConfig:
-    """policy: a Hub id / local path or ``tiny:<size>``. dtype: parameter (master) dtype;
-    compute_dtype: autocast dtype on CUDA (float32 = no autocast). init: a file with starting
-    weights ``{"policy": state_dict}`` (None = the model's own); init_builder: what builds
-    ``init`` when it is absent (``toy-arithmetic``; see ``sppo_bench.llm.warm_start``)."""
+    """policy: a Hub id / local path, ``tiny:<size>`` or ``random:<size>``. dtype: parameter
+    (master) dtype; compute_dtype: autocast dtype on CUDA (float32 = no autocast). init: a file
+    with starting weights ``{"policy": state_dict}`` (None = the model's own); init_builder: what
+    builds ``init`` when it is absent (``toy-arithmetic``; see ``sppo_bench.llm.warm_start``)."""
 
     policy: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
     dtype: Dtype = "float32"

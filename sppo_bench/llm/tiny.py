@@ -47,13 +47,19 @@ TINY_SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFast:
     """The character-level tokenizer (vocabulary: ``SPECIAL_TOKENS`` then ``CHARACTERS``).
 
     ``decode(encode(s)) == s`` for any string of ``CHARACTERS``; padding side is left (the
-    convention for batched generation).
+    convention for batched generation). ``vocab_size``: pad the vocabulary with filler tokens
+    ``<i>`` (id i) up to that many ids, so that every id a model of that vocabulary samples
+    decodes; text never encodes to a filler (the pre-tokenizer splits into single characters).
     """
-    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
+    tokens = (*SPECIAL_TOKENS, *CHARACTERS)
+    if vocab_size is not None and vocab_size < len(tokens):
+        raise UserError(f"tokenizer vocab_size must be >= {len(tokens)}, got {vocab_size}")
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    vocab.update({f"<{i}>": i for i in range(len(tokens), vocab_size or 0)})
     backend = Tokenizer(WordLevel(vocab, unk_token=UNK))
     backend.pre_tokenizer = Split(pattern="", behavior="isolated")
     backend.decoder = decoders.Fuse()

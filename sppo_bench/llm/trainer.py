@@ -97,10 +97,16 @@ class LLMTrainer:
         self.device = pick_device(cfg.train.device)
         _seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
-        self.policy = load_policy(cfg.model.policy, self.tokenizer, cfg.model.dtype, cfg.train.seed)
+        m = cfg.model
+        self.policy = load_policy(m.policy, self.tokenizer, m.dtype, cfg.train.seed, self.device)
         self.policy.to(self.device)
         self.critic = build_critic(
-            self.spec.critic, cfg.critic.model, self.tokenizer, cfg.model.dtype, cfg.train.seed + 1
+            self.spec.critic,
+            cfg.critic.model,
+            self.tokenizer,
+            m.dtype,
+            cfg.train.seed + 1,
+            self.device,
         )
         if cfg.model.init:
             from sppo_bench.llm.warm_start import load_initial_weights
@@ -158,22 +164,29 @@ class LLMTrainer:
         return out
 
     # ----------------------------------------------------------------- one step
+    def _clock(self) -> float:
+        """``perf_counter`` once the device's queued work is done (CUDA kernels run async), so
+        that each phase's time is its own."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
         n = cfg.algo.n_samples
         times = {}
         idx = self.prompt_indices(step)
         prompts = [self.prompts[i] for i in idx]
-        t0 = time.perf_counter()
+        t0 = self._clock()
         self.engine.wake_up()
         batch = self.engine.generate(prompts, n, r.temperature, r.top_p, r.max_new_tokens)
         greedy = None
         if self.spec.needs_greedy_baseline:
             greedy = self.engine.generate(prompts, 1, 0.0, 1.0, r.max_new_tokens)
         self.engine.sleep()
-        times["time_generation"] = time.perf_counter() - t0
+        times["time_generation"] = self._clock() - t0
 
-        t0 = time.perf_counter()
+        t0 = self._clock()
         before = self.verifier.stats if self.verifier is not None else {}
         golds = [self.golds[idx[i]] for i in batch.prompt_index.tolist()]
         reward = torch.tensor(self.reward_fn(batch.texts, golds), dtype=torch.float32)
@@ -182,21 +195,21 @@ class LLMTrainer:
             greedy_golds = [self.golds[idx[i]] for i in greedy.prompt_index.tolist()]
             greedy_r = torch.tensor(self.reward_fn(greedy.texts, greedy_golds))
             baseline = greedy_r[batch.prompt_index].float().to(self.device)
-        times["time_reward"] = time.perf_counter() - t0
+        times["time_reward"] = self._clock() - t0
 
         batch = batch.to(self.device)
         reward = reward.to(self.device)
         mask = batch.response_mask.float()
         micro = cfg.train.micro_batch_size
-        t0 = time.perf_counter()
+        t0 = self._clock()
         predictions = None
         if self.critic is not None:
             predictions = critic_predictions(
                 self.critic, self.spec.critic, batch, micro, self.autocast
             )
-        times["time_critic"] = time.perf_counter() - t0
+        times["time_critic"] = self._clock() - t0
 
-        t0 = time.perf_counter()
+        t0 = self._clock()
         old_lp = policy_log_probs(self.policy, batch, micro, r.temperature, self.autocast)
         rewards = torch.zeros_like(mask)
         last = (mask.sum(dim=1).long() - 1).clamp_min(0)
@@ -219,11 +232,11 @@ class LLMTrainer:
             ),
             **self._estimator_params(),
         )
-        times["time_update"] = time.perf_counter() - t0
+        times["time_update"] = self._clock() - t0
 
         rows_per_mini = cfg.train.mini_batch_size * n
         if self.critic is not None:
-            t0 = time.perf_counter()
+            t0 = self._clock()
             row.update(
                 critic_update(
                     self.critic,
@@ -242,10 +255,10 @@ class LLMTrainer:
                 )
             )
             row.update(_calibration(predictions, self.spec.critic, reward))
-            times["time_critic"] += time.perf_counter() - t0
+            times["time_critic"] += self._clock() - t0
 
         if step >= cfg.critic.warmup_steps or self.critic is None:
-            t0 = time.perf_counter()
+            t0 = self._clock()
             self._set_actor_lr(step - (cfg.critic.warmup_steps if self.critic is not None else 0))
             row.update(
                 run_policy_update(
@@ -266,10 +279,10 @@ class LLMTrainer:
                     autocast=self.autocast,
                 )
             )
-            times["time_update"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
+            times["time_update"] += self._clock() - t0
+            t0 = self._clock()
             self.engine.sync_weights(self.policy)
-            times["time_weight_sync"] = time.perf_counter() - t0
+            times["time_weight_sync"] = self._clock() - t0
         else:
             times["time_weight_sync"] = 0.0
         row.update(_rollout_stats(batch, reward, out.advantages, old_lp))

@@ -55,7 +55,8 @@ class VLLMEngine:
         seed: int = 0,
         enforce_eager: bool = False,
     ) -> VLLMEngine:
-        """Start vLLM on ``name`` (a ``tiny:<size>`` policy is saved to a temp folder first)."""
+        """Start vLLM on ``name`` (a ``tiny:`` or ``random:`` policy is saved to a temp folder
+        first)."""
         try:
             import vllm
         except ImportError:
@@ -67,7 +68,7 @@ class VLLMEngine:
             raise UserError("rollout.engine=vllm needs a CUDA GPU; set rollout.engine=hf")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         path = name
-        if name.startswith("tiny:"):
+        if name.startswith(("tiny:", "random:")):
             path = tempfile.mkdtemp(prefix="sppo-tiny-")
             policy.save_pretrained(path)
             tokenizer.save_pretrained(path)
