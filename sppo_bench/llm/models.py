@@ -69,10 +69,8 @@ def load_backbone(
     device: torch.device | str | None = None,
 ) -> PreTrainedModel:
     """The transformer without its LM head (hidden states out)."""
-    if is_tiny(name):
-        backbone = tiny_model(name.split(":", 1)[1], tokenizer, seed=seed).model
-    elif is_random(name):
-        backbone = random_model(name, tokenizer, DTYPES[dtype], device, seed).model
+    if is_tiny(name) or is_random(name):
+        backbone = load_policy(name, tokenizer, dtype, seed, device).model
     else:
         backbone = AutoModel.from_pretrained(name, dtype=DTYPES[dtype])
     if len(tokenizer) > backbone.config.vocab_size:
