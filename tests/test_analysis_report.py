@@ -7,6 +7,7 @@ import pytest
 from sppo_bench.analysis.report import build_report
 from sppo_bench.analysis.stats import iqm
 from sppo_bench.cli import main
+from synthetic_runs import write_run, write_suite
 
 
 def test_report_numbers(synthetic_runs_dir):
@@ -74,3 +75,17 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert main(["plot", "curves", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sppo-bench: error: no control runs under") and err.count("\n") == 1
+
+
+def test_aggregate_over_fewer_tasks_is_marked(tmp_path):
+    """An estimator run on only some tasks gets its aggregate flagged, not silently compared."""
+    root = write_suite(tmp_path / "suite", seeds=3)
+    for seed in range(3):
+        write_run(root, "cartpole", "grpo", seed, 1280)
+    report = build_report(root)
+    agg = report.summary[report.summary.task == "aggregate"].set_index("algo")
+    assert agg.loc["grpo", "n_tasks"] == 1 and agg.loc["sppo", "n_tasks"] == 2
+    row = next(line for line in report.markdown.splitlines() if "aggregate IQM" in line)
+    assert row.count("(1 of 2 tasks)") == 1
+    mountaincar = next(line for line in report.markdown.splitlines() if "| MountainCar |" in line)
+    assert mountaincar.rstrip(" |").endswith("-")  # the GRPO column has no MountainCar runs

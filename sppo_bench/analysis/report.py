@@ -94,6 +94,7 @@ def build_report(
                 "task": AGGREGATE,
                 "algo": algo,
                 "n_runs": int(sum(len(s) for s in per_task)),
+                "n_tasks": len(per_task),
                 "iqm": est.point,
                 "ci_lo": est.lo,
                 "ci_hi": est.hi,
@@ -166,8 +167,11 @@ def _markdown(
     agg = []
     for algo in algos:
         c = cell(AGGREGATE, algo)
-        agg.append(Estimate(c["iqm"], c["ci_lo"], c["ci_hi"]).format())
-    lines.append("| **aggregate IQM** | | " + " | ".join(f"**{a}**" for a in agg) + " |")
+        text = f"**{Estimate(c['iqm'], c['ci_lo'], c['ci_hi']).format()}**"
+        if int(c["n_tasks"]) < len(tasks):  # an aggregate over fewer tasks is not comparable
+            text += f" ({int(c['n_tasks'])} of {len(tasks)} tasks)"
+        agg.append(text)
+    lines.append("| **aggregate IQM** | | " + " | ".join(agg) + " |")
     lines.append("")
     x, y = (algo_label(a) for a in compare)
     if improvement is not None:
