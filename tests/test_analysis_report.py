@@ -3,11 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_runs import write_run, write_suite
 
 from sppo_bench.analysis.report import build_report
 from sppo_bench.analysis.stats import iqm
 from sppo_bench.cli import main
-from synthetic_runs import write_run, write_suite
 
 
 def test_report_numbers(synthetic_runs_dir):
