@@ -178,7 +178,8 @@ def _markdown(
         names = ", ".join(task_title(t) for t in improvement_tasks)
         lines.append(
             f"Probability of improvement P({x} > {y}) = {improvement.format()} "
-            f"(Mann-Whitney per task, averaged over {len(improvement_tasks)} tasks: {names})."
+            f"(Mann-Whitney per task, averaged over {len(improvement_tasks)} "
+            f"task{'s' if len(improvement_tasks) != 1 else ''}: {names})."
         )
     else:
         lines.append(f"Probability of improvement P({x} > {y}): no task has runs of both.")
