@@ -184,6 +184,16 @@ def test_changed_config_is_refused(runs):
         )
 
 
+def test_cached_stage_with_other_settings_is_refused(runs, capsys):
+    """Asking for clone settings the cached clone was not built with is a one-line error."""
+    assert main(["control", "clone", "--task", "cartpole", "--runs-dir", str(runs),
+                 "--set", "clone.lr=0.5", "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "built with other clone settings" in err and err.count("\n") == 1
+    same = [x for s in TINY_CLONE for x in ("--set", s)]
+    _cli("clone", "--task", "cartpole", "--runs-dir", str(runs), *same)  # the same: reused
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

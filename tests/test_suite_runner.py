@@ -26,9 +26,9 @@ def _events(runs_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def fake_clone(task, runs_dir):
+def fake_clone(task, runs_dir, overrides=()):
     """Stands in for the expert + cloning stages: writes the clone summary."""
-    _log(runs_dir, kind="clone", task=task)
+    _log(runs_dir, kind="clone", task=task, overrides=list(overrides))
     out = Path(runs_dir) / "control" / task / "clone"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text('{"success_rate": 0.3}')
@@ -55,7 +55,7 @@ def fake_train(task, algo, seed, runs_dir, episodes, overrides, progress):
     return write_run(runs_dir, task, algo, seed, episodes)
 
 
-def failing_clone(task, runs_dir):
+def failing_clone(task, runs_dir, overrides=()):
     raise RuntimeError(f"no expert for {task}")
 
 
@@ -142,6 +142,20 @@ def test_skip_resume_and_clone_first(tmp_path, workers):
     # second invocation: only the two failed runs are attempted again
     again = run_suite(specs, tmp_path, workers=workers, run_fn=fake_train, clone_fn=fake_clone)
     assert len(again.skipped) == 6 and len(again.failed) == 2 and not again.finished
+
+
+def test_profile_overrides_reach_the_clone_stage(tmp_path):
+    profile = tmp_path / "weak.yaml"
+    profile.write_text(
+        "algos: [sppo]\nseeds: 1\ntasks:\n"
+        "  mountaincar: {episodes: 80, eval_every: 5, overrides: [clone.lr=0.0001]}\n"
+    )
+    specs = plan_runs(load_profile(str(profile)), None, None, None)
+    run_suite(specs, tmp_path, workers=1, run_fn=fake_train, clone_fn=fake_clone)
+    events = _events(tmp_path)
+    assert [e["overrides"] for e in events if e["kind"] == "clone"] == [["clone.lr=0.0001"]]
+    run = next(e for e in events if e["kind"] == "run")
+    assert run["overrides"] == ["rl.eval_every=5", "clone.lr=0.0001"]
 
 
 def test_failed_clone_fails_that_tasks_runs(tmp_path):

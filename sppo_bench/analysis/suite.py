@@ -5,7 +5,8 @@ the training-episode budget and the evaluation interval. ``run_suite`` then
 
 1. skips every run whose directory already holds the ``done`` marker;
 2. runs each remaining task's cached expert and behaviour-cloning stages once
-   (``sppo_bench.control.pipeline.ensure_clone``), before any RL run of that task;
+   (``sppo_bench.control.pipeline.ensure_clone``, with the profile's overrides for the task, so
+   a profile can set ``clone.*`` fields), before any RL run of that task;
 3. runs the RL runs (``sppo_bench.control.trainer.train_run``, which resumes an unfinished run
    from its latest checkpoint) on an executor: a local process pool (one run per worker, one
    worker per core by default), in-process when ``workers == 1``, or Ray tasks
@@ -37,7 +38,7 @@ EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval in
 EXECUTORS = ("local", "ray")
 
 RunFn = Callable[..., Path]  # train_run(task, algo, seed, runs_dir, episodes, overrides, progress)
-CloneFn = Callable[[str, Path], Path]  # ensure_clone(task, runs_dir)
+CloneFn = Callable[[str, Path, Sequence[str]], Path]  # ensure_clone(task, runs_dir, overrides)
 
 
 @dataclass(frozen=True)
@@ -176,10 +177,10 @@ def default_run_fn(*args: Any, **kwargs: Any) -> Path:
     return train_run(*args, **kwargs)
 
 
-def default_clone_fn(task: str, runs_dir: Path) -> Path:
+def default_clone_fn(task: str, runs_dir: Path, overrides: Sequence[str] = ()) -> Path:
     from sppo_bench.control.pipeline import ensure_clone
 
-    return ensure_clone(task, runs_dir)
+    return ensure_clone(task, runs_dir, overrides)
 
 
 def _limit_threads() -> None:
@@ -206,10 +207,17 @@ def execute_run(run_fn: RunFn, spec: RunSpec, runs_dir: Path, progress: bool) ->
     )
 
 
-def execute_clone(clone_fn: CloneFn, task: str, runs_dir: Path) -> Path:
+def stage_overrides(spec: RunSpec) -> tuple[str, ...]:
+    """The profile's overrides of a run minus the evaluation interval: what its stages share."""
+    return tuple(o for o in spec.overrides if not o.startswith(f"{EVAL_EVERY_KEY}="))
+
+
+def execute_clone(
+    clone_fn: CloneFn, task: str, runs_dir: Path, overrides: Sequence[str] = ()
+) -> Path:
     """Worker body for one task's expert + behaviour-cloning stages."""
     _limit_threads()
-    return Path(clone_fn(task, Path(runs_dir)))
+    return Path(clone_fn(task, Path(runs_dir), list(overrides)))
 
 
 class _InlineExecutor:
@@ -350,7 +358,8 @@ def run_suite(
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="suite runs", unit="run")
     try:
         for task in todo:
-            jobs[pool.submit(execute_clone, clone_fn, task, runs_dir)] = ("clone", task)
+            overrides = stage_overrides(todo[task][0])
+            jobs[pool.submit(execute_clone, clone_fn, task, runs_dir, overrides)] = ("clone", task)
         while jobs:
             for handle in pool.wait_any(list(jobs)):
                 kind, item = jobs.pop(handle)

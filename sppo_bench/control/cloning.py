@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 from sppo_bench.config import to_dict, write_yaml_atomic
 from sppo_bench.control.envs import EpisodeVectorEnv, make_vector_env, space_dims
 from sppo_bench.control.evaluation import concat_batches, evaluate
-from sppo_bench.control.expert import ExpertActor, evaluate_actor, stage_dir
+from sppo_bench.control.expert import (
+    ExpertActor,
+    check_stage_config,
+    evaluate_actor,
+    stage_dir,
+)
 from sppo_bench.control.policies import Policy
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
@@ -120,6 +125,7 @@ def clone_expert(
     torch.set_num_threads(1)
     spec = load_spec(task, overrides)
     out = stage_dir(runs_dir, spec.task, "clone")
+    check_stage_config(out, spec, ["expert", "policy", "clone"], overrides)
     if (out / "done").is_file():
         return out
     start = time.time()

@@ -20,6 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic
@@ -38,6 +39,31 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 def stage_dir(runs_dir: Path, task: str, stage: str) -> Path:
     """``runs/control/<task>/<stage>``."""
     return Path(runs_dir) / "control" / get_task(task).name / stage
+
+
+def check_stage_config(
+    out: Path, spec: TaskSpec, sections: Sequence[str], overrides: Sequence[str]
+) -> None:
+    """Refuse to reuse a cached stage built with other settings than the overrides ask for.
+
+    ``sections``: the top-level spec sections the stage depends on (``expert`` for the expert;
+    ``expert``, ``policy``, ``clone`` for the clone). Only the sections that ``overrides`` touch
+    are compared, so a stage cached with custom settings is reused by a caller that asks for
+    nothing in particular; a caller that does ask (a profile's ``clone.lr=...``) gets either a
+    matching stage or a one-line error naming the sections that differ.
+    """
+    path = out / "config.yaml"
+    touched = {o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides}
+    if not path.is_file() or not touched & set(sections):
+        return
+    stored = yaml.safe_load(path.read_text()) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(to_dict(spec), sort_keys=False))
+    differ = [s for s in sections if s in touched and stored.get(s) != wanted.get(s)]
+    if differ:
+        raise UserError(
+            f"{str(out)!r} was built with other {', '.join(differ)} settings; "
+            "use another --runs-dir or remove that folder"
+        )
 
 
 class ExpertActor:
@@ -175,6 +201,7 @@ def train_expert(
     if timesteps is not None:
         spec.expert.total_timesteps = timesteps
     out = stage_dir(runs_dir, spec.task, "expert")
+    check_stage_config(out, spec, ["expert"], overrides)
     if (out / "done").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sppo_bench.control.cloning import clone_expert
 from sppo_bench.control.expert import train_expert
 
 
-def ensure_clone(task: str, runs_dir: Path = Path("runs"), progress: bool = False) -> Path:
+def ensure_clone(
+    task: str,
+    runs_dir: Path = Path("runs"),
+    overrides: Sequence[str] = (),
+    progress: bool = False,
+) -> Path:
     """Train the expert if its folder has no ``done`` marker, then clone it likewise.
 
     Returns the clone folder (``runs/control/<task>/clone``), whose ``policy.pt`` every RL run of
     the task starts from.
     """
-    train_expert(task, Path(runs_dir), progress=progress)
-    return clone_expert(task, Path(runs_dir), progress=progress)
+    train_expert(task, Path(runs_dir), overrides, progress=progress)
+    return clone_expert(task, Path(runs_dir), overrides, progress=progress)
