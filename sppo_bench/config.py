@@ -184,6 +184,12 @@ def load_config(
     return from_dict(cls, data)
 
 
+def yaml_round_trip(data: Any) -> Any:
+    """``data`` as it reads back from YAML (tuples become lists, ...): what a stored
+    ``config.yaml`` is compared against."""
+    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
+
+
 def write_yaml_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     """Write ``data`` as YAML to ``path`` via a temp file and rename."""
     from sppo_bench.io import atomic_write_text

@@ -23,7 +23,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sppo_bench.config import to_dict, write_yaml_atomic
+from sppo_bench.config import to_dict, write_yaml_atomic, yaml_round_trip
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.shaping import make_shaped_env
@@ -57,7 +57,7 @@ def check_stage_config(
     if not path.is_file() or not touched & set(sections):
         return
     stored = yaml.safe_load(path.read_text()) or {}
-    wanted = yaml.safe_load(yaml.safe_dump(to_dict(spec), sort_keys=False))
+    wanted = yaml_round_trip(to_dict(spec))
     differ = [s for s in sections if s in touched and stored.get(s) != wanted.get(s)]
     if differ:
         raise UserError(

@@ -29,7 +29,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sppo_bench.config import to_dict, write_yaml_atomic
+from sppo_bench.config import to_dict, write_yaml_atomic, yaml_round_trip
 from sppo_bench.control.cloning import load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
@@ -297,9 +297,7 @@ def train_run(
     run_dir = run_dir_for(Path(runs_dir), spec.task, name, seed)
     config = resolved_config(spec, name, seed)
     config_path = run_dir / "config.yaml"
-    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != yaml.safe_load(
-        yaml.safe_dump(config, sort_keys=False)
-    ):
+    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != yaml_round_trip(config):
         raise UserError(
             f"{str(run_dir)!r} holds a run with a different config; "
             "use another --runs-dir or remove that folder"

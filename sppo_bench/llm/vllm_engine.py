@@ -23,6 +23,8 @@ import tempfile
 import torch
 
 from sppo_bench.errors import UserError
+from sppo_bench.llm.models import is_tiny
+from sppo_bench.llm.random_models import is_random
 from sppo_bench.llm.rollout import RolloutBatch, left_pad, prompt_token_ids
 
 
@@ -68,7 +70,7 @@ class VLLMEngine:
             raise UserError("rollout.engine=vllm needs a CUDA GPU; set rollout.engine=hf")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         path = name
-        if name.startswith(("tiny:", "random:")):
+        if is_tiny(name) or is_random(name):  # built in process: vLLM loads it from a folder
             path = tempfile.mkdtemp(prefix="sppo-tiny-")
             policy.save_pretrained(path)
             tokenizer.save_pretrained(path)
