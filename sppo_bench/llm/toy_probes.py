@@ -41,6 +41,11 @@ def _sample(
         return engine.generate(prompts, k, temperature, 1.0, max_new_tokens)
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s parameters live: the engine returns CPU batches, the model reads there."""
+    return next(module.parameters()).device
+
+
 def _rewards(batch: RolloutBatch, problems: Sequence[Problem], reward_fn: RewardFn) -> list[float]:
     golds = [problems[i].answer for i in batch.prompt_index.tolist()]
     return [float(r) for r in reward_fn(batch.texts, golds)]
@@ -80,7 +85,7 @@ def token_value_traces(
     """
     batch = _sample(policy, tokenizer, problems, 1, temperature, max_new_tokens, seed)
     rewards = _rewards(batch, problems, reward_fn)
-    values = critic_predictions(critic, "step", batch, micro_batch_size)
+    values = critic_predictions(critic, "step", batch.to(_device(critic)), micro_batch_size).cpu()
     lengths = batch.response_mask.sum(dim=1).tolist()
     return [
         {"reward": r, "values": [round(float(v), 5) for v in values[i, :n]]}
@@ -105,7 +110,8 @@ def sequence_calibration(
     batch = _sample(policy, tokenizer, problems, k, temperature, max_new_tokens, seed)
     rewards = torch.tensor(_rewards(batch, problems, reward_fn))
     first = torch.arange(0, len(batch), k)  # rows are prompt-major: prompt j at rows j*k...
-    logits = critic_predictions(critic, "sequence", batch.select(first), micro_batch_size)
+    heads = batch.select(first).to(_device(critic))
+    logits = critic_predictions(critic, "sequence", heads, micro_batch_size).cpu()
     return [
         {
             "id": problem.id,

@@ -328,7 +328,9 @@ class LLMTrainer:
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.exists():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        # On the CPU: ``load_state_dict`` copies weights and optimiser state onto the modules'
+        # devices, and the RNG states must stay CPU ByteTensors (``set_rng_state`` refuses others).
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         self.policy.load_state_dict(state["policy"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         if self.critic is not None:
@@ -419,8 +421,18 @@ def _rng_state() -> dict[str, object]:
 
 
 def _set_rng_state(state: dict[str, object]) -> None:
+    """Restore ``_rng_state()``. Torch's restore functions take CPU ``uint8`` tensors only, so
+    each state is brought there first, wherever the checkpoint was mapped; CUDA states are
+    restored for the devices that exist (a checkpoint from a machine with more GPUs keeps the
+    first ones)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(_cpu_byte_tensor(state["torch"]))
+    cuda = state["cuda"]
+    if cuda is not None and torch.cuda.is_available():
+        cuda = [_cpu_byte_tensor(s) for s in cuda][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _cpu_byte_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(device="cpu", dtype=torch.uint8)
