@@ -35,15 +35,15 @@ def test_generation_log_probs_and_sleep_cycle(setup):
 
     tok, policy, engine = setup
     engine.wake_up()
-    batch = engine.generate(["<|user|>1+1?\n<|assistant|>", "<|user|>7"], 3, 1.0, 1.0, 16)
+    batch = engine.generate(["<|user|>1+1?\n<|assistant|>", "<|user|>7"], 3, 0.7, 1.0, 16)
     engine.sleep()
     assert len(batch) == 6 and batch.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
     cuda = batch.to("cuda")
     lp, _ = response_log_probs(
-        policy, cuda.input_ids(), cuda.attention_mask(), cuda.response_ids.shape[1], 1.0
+        policy, cuda.input_ids(), cuda.attention_mask(), cuda.response_ids.shape[1], 0.7
     )
     mask = cuda.response_mask.bool()
-    # temperature 1: vLLM's raw log-probs equal the tempered ones
+    # processed log-probs: those of the tempered distribution the tokens were sampled from
     assert torch.allclose(lp[mask].float().cpu(), batch.log_probs[mask.cpu()], atol=2e-2)
 
 

@@ -61,7 +61,13 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    """engine: "hf" (model.generate) or "vllm" (colocated, sleep mode)."""
+    """engine: "hf" (model.generate) or "vllm" (colocated, sleep mode).
+
+    HF engine only: generation_dtype samples from a copy of the policy in that dtype (None = the
+    policy module itself); static_cache uses a fixed-size KV cache, for which transformers
+    compiles the decoding step on a GPU. ``generation_dtype: bfloat16`` with ``static_cache: true``
+    is the fast setting for a GPU; the defaults keep CPU runs exact and uncompiled.
+    """
 
     engine: Literal["hf", "vllm"] = "vllm"
     temperature: float = 0.6
@@ -70,6 +76,8 @@ class RolloutConfig:
     generation_batch_size: int = 64
     gpu_memory_utilization: float = 0.4
     enforce_eager: bool = False
+    generation_dtype: Dtype | None = None
+    static_cache: bool = False
 
 
 @dataclass
@@ -173,6 +181,18 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
             else cfg.critic.warmup_steps
         ),
     )
+    if spec.critic == "sequence" and algo.kl_coef > 0:
+        raise UserError(
+            f"algo {name!r} trains its critic with BCE on the outcome R in {{0, 1}}; an in-reward "
+            f"KL (algo.kl_coef={algo.kl_coef}) would move that target outside {{0, 1}}: set "
+            "algo.kl_coef=0"
+        )
+    r = cfg.rollout
+    if r.engine != "hf" and (r.generation_dtype is not None or r.static_cache):
+        raise UserError(
+            "rollout.generation_dtype and rollout.static_cache apply to rollout.engine=hf only, "
+            f"not {r.engine!r}"
+        )
     if spec.needs_groups and algo.n_samples < 2:
         raise UserError(f"algo {name!r} needs algo.n_samples >= 2, got {algo.n_samples}")
     t = cfg.train

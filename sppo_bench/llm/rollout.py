@@ -10,18 +10,28 @@ of token ids. Each prompt is sampled ``n`` times; rows are prompt-major (prompt 
 
 Log-probabilities are those of the sampling policy, log softmax(z / tau) of the sampled token with
 ``tau`` the temperature (1 for greedy), top-p truncation not applied; a forward pass of the same
-model over prompt + response with ``models.response_log_probs`` gives the same numbers.
+model over prompt + response with ``models.response_log_probs`` gives the same numbers (the HF
+engine with a generation copy in another dtype: those of the copy).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
 from torch import Tensor
+from transformers import LogitsProcessor, LogitsProcessorList
 
-__all__ = ["RolloutBatch", "RolloutEngine", "HFEngine", "left_pad", "eos_response_mask"]
+__all__ = [
+    "RolloutBatch",
+    "RolloutEngine",
+    "HFEngine",
+    "SampledLogProbs",
+    "left_pad",
+    "eos_response_mask",
+]
 
 
 @dataclass
@@ -170,31 +180,66 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in found if i is not None)
 
 
-def sampled_log_probs(logits: tuple[Tensor, ...], response: Tensor, scale: float) -> Tensor:
-    """``T`` raw logits ``[B, V]`` (one per generated token) and ``[B, T]`` sampled ids ->
-    ``[B, T]`` float32 log softmax(z / scale) of the sampled ids, on the logits' device.
+class SampledLogProbs(LogitsProcessor):
+    """A ``generate`` logits processor that records log softmax(z / scale) of each sampled token.
 
-    Step by step, so that no ``[B, T, V]`` stack (nor a CPU copy of it) is ever made: with a
-    150k-token vocabulary that stack is 0.6 GB per row per 1,000 tokens.
+    ``generate`` calls it once per decoding step with the raw logits ``z`` ``[B, V]`` (custom
+    processors run before temperature / top-p; it returns them unchanged). The token sampled at
+    step t is only known at step t + 1, as the last column of ``input_ids``, so the step's
+    log-softmax is kept until then: one ``[B, V]`` tensor at a time, never the ``[B, T, V]`` stack
+    of ``output_logits`` (0.6 GB per row per 1,000 tokens at a 150k vocabulary).
+    ``finish(last_tokens)`` adds the final token's column and returns ``[B, T]`` float32.
     """
-    columns = [
-        torch.log_softmax(z.float() / scale, dim=-1).gather(-1, response[:, t, None]).squeeze(-1)
-        for t, z in enumerate(logits)
-    ]
-    return torch.stack(columns, dim=1)
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.previous: Tensor | None = None
+        self.columns: list[Tensor] = []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.previous is not None:
+            self.columns.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float() / self.scale, dim=-1)
+        return scores
+
+    def finish(self, last_tokens: Tensor) -> Tensor:
+        if self.previous is not None:
+            self.columns.append(self.previous.gather(-1, last_tokens[:, None]).squeeze(-1))
+        self.previous = None
+        out = torch.stack(self.columns, dim=1) if self.columns else last_tokens[:, :0].float()
+        self.columns = []
+        return out
 
 
 class HFEngine:
-    """Batched ``model.generate`` with a KV cache; the model is the trainer's own policy module.
+    """Batched ``model.generate`` with a KV cache.
 
-    Rows are generated in chunks of ``generation_batch_size``. The sampled tokens' log-probs come
-    from the raw logits that ``generate`` returns (``output_logits``), scaled by 1/temperature.
+    The engine samples from ``model`` itself (the trainer's policy) unless ``dtype`` asks for a
+    generation copy in another dtype (e.g. bf16 beside fp32 master weights), which
+    ``sync_weights`` refreshes after each update. ``static_cache=True`` uses a fixed-size KV cache,
+    for which transformers compiles the decoding step on a GPU (the first call per shape compiles
+    for about a minute); to keep shapes few, prompts are left-padded to a multiple of
+    ``prompt_multiple`` tokens and every chunk is filled to ``generation_batch_size`` rows (the
+    extra rows are dropped). Rows are generated in chunks of ``generation_batch_size``; the
+    sampled tokens' log-probs are recorded during generation by ``SampledLogProbs``.
     """
 
-    def __init__(self, model, tokenizer, generation_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        generation_batch_size: int = 64,
+        dtype: torch.dtype | None = None,
+        static_cache: bool = False,
+        prompt_multiple: int = 64,
+    ) -> None:
         self.model = model
+        if dtype is not None and dtype != next(model.parameters()).dtype:
+            self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
+        self.static_cache = static_cache
+        self.prompt_multiple = prompt_multiple
 
     def wake_up(self) -> None:
         return None
@@ -202,10 +247,24 @@ class HFEngine:
     def sleep(self) -> None:
         return None
 
+    @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """The engine samples from ``self.model``; a different module is copied into it."""
+        """The engine samples from ``self.model``; a different module is copied (and cast) in."""
         if model is not self.model:
             self.model.load_state_dict(model.state_dict())
+
+    def _chunk_inputs(self, chunk: list[list[int]], pad: int) -> tuple[Tensor, Tensor, int]:
+        """Left-padded ``[b, P]`` ids and mask of a chunk, and its number of real rows; with a
+        static cache, P is rounded up to ``prompt_multiple`` and b filled to the batch size."""
+        real = len(chunk)
+        if self.static_cache:
+            chunk = chunk + [chunk[-1]] * (self.generation_batch_size - real)
+        ids, mask = left_pad(chunk, pad)
+        if self.static_cache:
+            extra = -ids.shape[1] % self.prompt_multiple
+            ids = torch.nn.functional.pad(ids, (extra, 0), value=pad)
+            mask = torch.nn.functional.pad(mask, (extra, 0), value=0)
+        return ids, mask, real
 
     @torch.no_grad()
     def generate(
@@ -223,36 +282,36 @@ class HFEngine:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            if temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        if self.static_cache:
+            sampling["cache_implementation"] = "static"
         chunks = []
         for start in range(0, len(rows), self.generation_batch_size):
             chunk = rows[start : start + self.generation_batch_size]
-            prompt_ids, prompt_mask = left_pad([seq for _, seq in chunk], pad)
-            sampling = (
-                {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-                if temperature > 0
-                else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            )
-            out = self.model.generate(
+            prompt_ids, prompt_mask, real = self._chunk_inputs([seq for _, seq in chunk], pad)
+            recorder = SampledLogProbs(temperature if temperature > 0 else 1.0)
+            sequences = self.model.generate(
                 input_ids=prompt_ids.to(device),
                 attention_mask=prompt_mask.to(device),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=stop,
-                output_logits=True,
-                return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([recorder]),
                 **sampling,
             )
-            response = out.sequences[:, prompt_ids.shape[1] :]
-            scale = temperature if temperature > 0 else 1.0
-            log_probs = sampled_log_probs(out.logits, response, scale).cpu()
-            del out  # the per-step logits: generation's largest tensors
-            response = response.cpu()
+            response = sequences[:, prompt_ids.shape[1] :]
+            log_probs = recorder.finish(response[:, -1])[:real].cpu()
+            response = response[:real].cpu()
             mask, truncated = eos_response_mask(response, stop)
             response = torch.where(mask.bool(), response, torch.full_like(response, pad))
             chunks.append(
                 RolloutBatch(
-                    prompt_ids=prompt_ids,
-                    prompt_mask=prompt_mask,
+                    prompt_ids=prompt_ids[:real],
+                    prompt_mask=prompt_mask[:real],
                     response_ids=response,
                     response_mask=mask,
                     log_probs=log_probs * mask,

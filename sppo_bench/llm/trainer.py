@@ -46,7 +46,14 @@ def make_engine(cfg: LLMConfig, policy, tokenizer):
     if cfg.rollout.engine == "hf":
         from sppo_bench.llm.rollout import HFEngine
 
-        return HFEngine(policy, tokenizer, cfg.rollout.generation_batch_size)
+        r = cfg.rollout
+        return HFEngine(
+            policy,
+            tokenizer,
+            r.generation_batch_size,
+            dtype=DTYPES[r.generation_dtype] if r.generation_dtype else None,
+            static_cache=r.static_cache,
+        )
     from sppo_bench.llm.vllm_engine import VLLMEngine
 
     return VLLMEngine.from_policy(

@@ -1,18 +1,24 @@
-"""A colocated vLLM rollout engine (GPU only; ``pip install 'sppo-bench[vllm]'``).
+"""A colocated vLLM rollout engine (GPU only; ``pip install 'sppo-bench[vllm]'``, vLLM 0.33).
 
 One ``vllm.LLM`` lives in the trainer's process on the trainer's GPU, created with
-``enable_sleep_mode=True``. Around every generation the trainer calls ``wake_up()`` (weights back
-from CPU, KV cache re-allocated) and ``sleep()`` (level 1: weights offloaded to CPU RAM, KV cache
-dropped), so that training gets the memory back. After every policy update ``sync_weights``
-streams the trainer's ``state_dict`` into vLLM's model through its ``load_weights`` (vLLM's own
-loader maps Hugging Face names onto its fused layers), reached via ``LLM.collective_rpc``.
-``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vLLM's engine core in this process so that the call
-passes tensors without copying them through a pipe.
+``enable_sleep_mode=True``. Its engine core is forced in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, overriding a user's setting), because the weight sync hands
+a plain function to ``LLM.collective_rpc``, which only works in-process. Between generations vLLM
+sleeps at level 2 (weights and KV cache discarded: the trainer's policy is the only copy of the
+weights). Each generation follows the sequence TRL 1.16 and verl use::
 
-Log-probs come from ``SamplingParams(logprobs=0)``: the sampled token's log-prob. vLLM reports
-them from the model's raw logits (temperature 1), not the tempered sampling distribution, so the
-trainer always recomputes the old log-probs with its own forward pass; ``RolloutBatch.log_probs``
-of this engine is diagnostic only (``rollout_log_prob_gap`` in the metrics).
+    wake_up(tags=["weights"]) -> load_weights(policy's state_dict) -> reset_prefix_cache()
+    -> wake_up(tags=["kv_cache"]) -> generate -> sleep(level=2)
+
+``sync_weights(model)`` names the module whose weights the next wake-up loads (and loads them at
+once if the engine is awake). Weights reach vLLM's model, read through the model runner's
+``get_model()``, by its own ``load_weights`` (which maps Hugging Face names onto its fused layers).
+
+Log-probs come from ``SamplingParams(logprobs=0)`` with ``logprobs_mode="processed_logprobs"``:
+the sampled token's log-prob under the distribution it was sampled from (after temperature and
+top-p). The trainer still recomputes the old log-probs with its own forward pass (vLLM's kernels
+and dtype differ from the trainer's); ``RolloutBatch.log_probs`` is the diagnostic
+``rollout_log_prob_gap``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from sppo_bench.llm.models import is_tiny
 from sppo_bench.llm.random_models import is_random
 from sppo_bench.llm.rollout import RolloutBatch, left_pad, prompt_token_ids
 
+IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
 
 def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
     """Runs inside vLLM's worker: copy ``weights`` into its model; returns how many arrived."""
-    model = worker.model_runner.model
+    model = worker.model_runner.get_model()
     loaded = model.load_weights(weights=weights)
     return len(loaded) if loaded is not None else len(weights)
 
@@ -38,9 +46,10 @@ def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
 class VLLMEngine:
     """``generate`` with a sleeping, colocated ``vllm.LLM``; see the module docstring."""
 
-    def __init__(self, llm, tokenizer, seed: int = 0) -> None:
+    def __init__(self, llm, tokenizer, source: torch.nn.Module, seed: int = 0) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
+        self.source = source  # the module whose weights each wake-up loads
         self.seed = seed
         self.calls = 0
         self.asleep = False
@@ -68,7 +77,7 @@ class VLLMEngine:
             ) from None
         if not torch.cuda.is_available():
             raise UserError("rollout.engine=vllm needs a CUDA GPU; set rollout.engine=hf")
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.update(IN_PROCESS)
         path = name
         if is_tiny(name) or is_random(name):  # built in process: vLLM loads it from a folder
             path = tempfile.mkdtemp(prefix="sppo-tiny-")
@@ -83,33 +92,37 @@ class VLLMEngine:
             max_model_len=max_model_len,
             enable_sleep_mode=True,
             enforce_eager=enforce_eager,
+            logprobs_mode="processed_logprobs",
         )
-        engine = cls(llm, tokenizer, seed)
-        engine.sync_weights(policy)
+        engine = cls(llm, tokenizer, policy, seed)
         engine.sleep()
         return engine
 
     def wake_up(self) -> None:
+        """Weights back, the policy's weights loaded, prefix cache reset, then the KV cache."""
         if self.asleep:
-            self.llm.wake_up()
+            self.llm.wake_up(tags=["weights"])
+            self._load(self.source)
+            self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
 
     def sleep(self) -> None:
+        """Level 2: weights and KV cache discarded (the next wake-up reloads the policy)."""
         if not self.asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=2)
             self.asleep = True
 
-    @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy ``model``'s weights into vLLM (woken for the copy, put back to sleep if it was)."""
-        was_asleep = self.asleep
-        self.wake_up()
+        """Sample from ``model`` from now on: loaded now if awake, else at the next wake-up."""
+        self.source = model
+        if not self.asleep:
+            self._load(model)
+
+    @torch.no_grad()
+    def _load(self, model: torch.nn.Module) -> None:
         weights = [(k, v.detach()) for k, v in model.state_dict().items()]
         self.llm.collective_rpc(_load_weights, args=(weights,))
-        if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()
-        if was_asleep:
-            self.sleep()
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
     def generate(
         self,
