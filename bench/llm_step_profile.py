@@ -23,9 +23,10 @@ step and the peak memory of the configuration (from the start of its build): on 
 ``max_memory_allocated`` / ``max_memory_reserved``, on CPU the process's peak RSS
 (``resource.getrusage``, reset per configuration through ``/proc/self/clear_refs`` where Linux
 allows it; otherwise the process lifetime's). The peak is also split into generation and the rest
-of the step (critic, log-probs, updates); the HF engine keeps every generated token's logits of
-a chunk, ``generation_batch_size x max_new_tokens x vocab x 4`` bytes, which dominates the
-generation peak at a 150k vocabulary (``--generation-batch-size``, default 16 on CUDA).
+of the step (critic, log-probs, updates). The HF engine records the sampled tokens' log-probs
+step by step (one ``[generation_batch_size, vocab]`` tensor at a time). The fast GPU setting of
+the HF engine is ``--set rollout.generation_dtype=bfloat16 --set rollout.static_cache=true``
+(the first step per shape compiles: keep ``--warmup 1``).
 
 An out-of-memory configuration is a row with status ``OOM``. Each row is appended to
 ``<out>/llm_step_profile.partial.jsonl`` as soon as it is measured; a rerun with the same settings
