@@ -15,9 +15,10 @@ Variants (each in a fresh subprocess, so that every peak is its own):
 
 Per variant and batch size (``--rows``, all rows in one chunk): one untimed call (it compiles
 where the variant compiles), then ``--repeats`` timed calls (CUDA-synchronised); tokens/s counts
-rows x decoding steps (generation runs until every row of the chunk has stopped). Peak memory: ``max_memory_allocated`` on CUDA, the process's peak RSS on a
-CPU. Writes ``<out>/hf_generation_<device>.{csv,md}``; the ratio column is tokens/s over
-``logits-stack`` at the same batch size.
+rows x decoding steps (generation runs until every row of the chunk has stopped). Peak memory:
+``max_memory_allocated`` on CUDA, the process's peak RSS on a CPU. Writes
+``<out>/hf_generation_<device>.{csv,md}``; the ratio column is tokens/s over ``logits-stack`` at
+the same batch size.
 """
 
 from __future__ import annotations
