@@ -207,3 +207,20 @@ def test_a_call_interrupted_mid_batch_leaves_no_stale_work():
         v._workers[0].item = 0  # as if a KeyboardInterrupt had left an item in flight
         assert v.score_batch([r"\boxed{2}"], ["2"]) == [1.0]
         assert v.stats["worker_crashes"] == 1
+
+
+def test_score_works_at_module_level_of_a_plain_script(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"  # no `if __name__ == "__main__":` guard
+    script.write_text(
+        "from sppo_bench.llm.verifier import score\n"
+        "print('ran', flush=True)\n"
+        'print(score(r"\\boxed{1/2}", "0.5"))\n'
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.split() == ["ran", "1.0"]  # the script ran once, not again in a worker

@@ -11,8 +11,9 @@ math-verify's ``parse`` + ``verify``) so that no input can hang or crash trainin
   ``timeout_s`` rounded up, per call) end most slow parses gracefully, without a kill.
 
 Workers come from a ``forkserver`` that preloads math-verify, so a replacement starts in
-milliseconds and no worker inherits the trainer's threads or CUDA state. As with any
-multiprocessing pool, a script that builds a ``Verifier`` at import time needs the usual
+milliseconds and no worker inherits the trainer's threads or CUDA state. Workers are started with
+the caller's ``__main__`` module hidden (multiprocessing would otherwise re-run the caller's script
+in every worker), so a plain script may call ``score`` at module level, without an
 ``if __name__ == "__main__":`` guard.
 
 ``score(response, gold)`` is the single-item public function: it goes through a module-level
@@ -32,10 +33,13 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
@@ -168,7 +172,8 @@ class Verifier:
             name="sppo-verifier",
             daemon=True,
         )
-        process.start()
+        with _main_module_hidden():
+            process.start()
         child_conn.close()  # the parent's copy: the worker's death then reads as EOF here
         return _Worker(process=process, conn=parent_conn)
 
@@ -276,6 +281,20 @@ class Verifier:
             self._counts["parse_failures"] += 1
         elif flag == TIMEOUT:
             self._counts["timeouts"] += 1
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start processes as if ``__main__`` had no file: a forkserver (and each child it forks)
+    imports the parent's main script by path, as ``__mp_main__``, running its module-level code.
+    The worker needs nothing from it (its target lives in this module)."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 _DEFAULT: Verifier | None = None
