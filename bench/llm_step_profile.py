@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(args)
     sid = settings_id(s)
     memory = PeakMemory(args.device)
-    partial = MetricsWriter(args.out / f"{NAME}.partial.jsonl")
+    partial = MetricsWriter(args.out / f"{NAME}.partial.jsonl", strict=False)
     meta = {
         "device": args.device,
         "device_name": s["device_name"],

@@ -1,15 +1,36 @@
-"""Atomic writes and small run-directory helpers shared by both tracks."""
+"""Atomic writes and small run-directory helpers shared by both tracks.
+
+Files are written through a temp file and ``os.replace``; they get the mode a plain ``open``
+would give (0666 less the umask, or the replaced file's mode), not ``mkstemp``'s 0600, so that
+group members on a shared file system can read them. Checkpoints and metric rows refuse
+non-finite numbers (``DivergedError``): a diverged run never overwrites its last good state.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sppo_bench.errors import DivergedError, UserError
+
+
+def _plain_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: the existing file's, else 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -22,6 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _plain_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,14 +60,43 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def non_finite_tensor(obj: Any, where: str = "") -> str | None:
+    """The path (``"policy.layer.weight"``) of the first floating tensor in a nested
+    dict / list / tuple holding a NaN or an infinity, or None."""
+    if isinstance(obj, torch.Tensor):
+        finite = not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+        return None if finite else where or "<tensor>"
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_tensor(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
-    """``torch.save`` through a temp file and rename, so a reader never sees half a checkpoint."""
+    """``torch.save`` through a temp file and rename, so a reader never sees half a checkpoint.
+
+    Raises ``DivergedError`` (and writes nothing) if a floating tensor in ``obj`` is not finite.
+    """
     path = Path(path)
+    bad = non_finite_tensor(obj)
+    if bad is not None:
+        raise DivergedError(
+            f"non-finite values in {bad}: the run diverged; {path.name} was not overwritten "
+            "(it holds the last finite state)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, _plain_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,24 +107,44 @@ class MetricsWriter:
     """Append one JSON object per line to ``path`` and flush after each row (JSONL).
 
     On resume, ``truncate_after(step_key, step)`` drops rows newer than the checkpoint so that a
-    resumed run never duplicates or skips a row.
+    resumed run never duplicates or skips a row. Only a torn LAST line (a process killed while
+    writing it) is skipped; an unreadable line anywhere else is a ``UserError`` naming the file
+    and line, so that no later rows are silently dropped. A row with a non-finite number is
+    refused with ``DivergedError`` (strict JSON has no NaN); ``strict=False`` (benchmark tables,
+    not runs) writes and reads NaN as Python's ``json`` does.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], strict: bool = True) -> None:
         self.path = Path(path)
+        self.strict = strict
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
+        try:
+            lines = self.path.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            msg = f"{self.path}: not UTF-8 text (byte {err.start}); not a metrics file"
+            raise UserError(msg) from None
+        while lines and not lines[-1].strip():
+            lines.pop()
         out = []
-        for line in self.path.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, parse_constant=_refuse_constant if self.strict else None)
+            except (json.JSONDecodeError, ValueError):
+                if number == len(lines):
                     break  # a torn last line from a killed process
+                raise UserError(
+                    f"{self.path}:{number}: not a JSON row (only a torn last line is repaired); "
+                    "fix or remove that line"
+                ) from None
+            if not isinstance(row, dict):
+                raise UserError(f"{self.path}:{number}: a row must be a JSON object")
+            out.append(row)
         return out
 
     def truncate_after(self, key: str, value: float) -> None:
@@ -81,7 +152,34 @@ class MetricsWriter:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, row: Mapping[str, Any]) -> None:
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad and self.strict:
+            where = {k: row[k] for k in ("step", "update") if k in row}
+            raise DivergedError(
+                f"non-finite {', '.join(f'{k}={row[k]}' for k in bad)} at {where or 'a row'} "
+                f"of {self.path}: the run diverged; earlier rows and the last finite "
+                "checkpoint are kept"
+            )
         with self.path.open("a") as handle:
-            handle.write(json.dumps(dict(row)) + "\n")
+            handle.write(json.dumps(dict(row), allow_nan=not self.strict) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+DIVERGED = "diverged"
+
+
+@contextmanager
+def divergence_marker(run_dir: Path) -> Iterator[None]:
+    """Training inside: a ``DivergedError`` leaves ``<run_dir>/diverged`` holding its message
+    (reports list such runs) and propagates; a run that gets through removes a stale marker."""
+    try:
+        yield
+    except DivergedError as err:
+        atomic_write_text(Path(run_dir) / DIVERGED, f"{err}\n")
+        raise
+    (Path(run_dir) / DIVERGED).unlink(missing_ok=True)

@@ -74,6 +74,12 @@ class Run:
     def done(self) -> bool:
         return (self.path / "done").is_file()
 
+    @property
+    def diverged(self) -> str | None:
+        """The message of the ``DivergedError`` that stopped the run, or None."""
+        marker = self.path / "diverged"
+        return marker.read_text().strip() if marker.is_file() else None
+
     @cached_property
     def metrics(self) -> pd.DataFrame:
         """All metrics rows as a DataFrame (``null`` -> NaN), sorted by update."""

@@ -126,7 +126,21 @@ def _report(args: argparse.Namespace, runs_dir: Path, out: Path):
     )
     paths = write_report(report, runs_dir, out)
     print(report.markdown)
+    _print_left_out(runs_dir, args.tasks, getattr(args, "algos", None), report)
     return paths
+
+
+def _print_left_out(runs_dir: Path, tasks, algos, report) -> None:
+    """Name the runs under ``runs_dir`` that the report did not use: unfinished or diverged."""
+    from sppo_bench.analysis.runs import discover_runs
+
+    used = set(zip(report.runs["task"], report.runs["algo"], report.runs["seed"], strict=True))
+    left = [
+        r for r in discover_runs(runs_dir, tasks, algos) if (r.task, r.algo, r.seed) not in used
+    ]
+    for run in left:
+        state = f"diverged: {run.diverged}" if run.diverged else "unfinished (no done marker)"
+        print(f"not in the report: {run.task}/{run.algo}/seed{run.seed}: {state}")
 
 
 def cmd_suite_report(args: argparse.Namespace) -> int:

@@ -41,7 +41,13 @@ from sppo_bench.control.tasks import get_task
 from sppo_bench.control.update import BatchTensors, critic_values, ppo_update
 from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.errors import UserError
-from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from sppo_bench.io import (
+    MetricsWriter,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    divergence_marker,
+)
 
 ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
 _ALGO_OF_ESTIMATOR = {"gae": "ppo-gae"}
@@ -310,7 +316,8 @@ def train_run(
         spec, name, seed, run_dir, stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
     )
     num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
-    summary = trainer.run(num_updates, progress)
+    with divergence_marker(run_dir):
+        summary = trainer.run(num_updates, progress)
     atomic_write_json(run_dir / "done", summary)
     return run_dir
 

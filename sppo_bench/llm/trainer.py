@@ -25,7 +25,7 @@ from tqdm import tqdm
 from sppo_bench.config import to_dict, write_yaml_atomic
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
 from sppo_bench.errors import UserError
-from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_text
+from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_text, divergence_marker
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 from sppo_bench.llm.rollout import RolloutBatch
@@ -371,14 +371,15 @@ class LLMTrainer:
             initial=self.step,
             total=cfg.train.steps,
         )
-        for step in bar:
-            row = {"step": step + 1, **self.train_step(step)}
-            metrics.append(row)
-            rows.append(row)
-            self.step = step + 1
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
-            if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
-                self.save_checkpoint()
+        with divergence_marker(self.run_dir):
+            for step in bar:
+                row = {"step": step + 1, **self.train_step(step)}
+                metrics.append(row)
+                rows.append(row)
+                self.step = step + 1
+                bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
+                if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                    self.save_checkpoint()
         if self.step >= cfg.train.steps:
             atomic_write_text(self.run_dir / "done", f"{self.step}\n")
         return rows

@@ -1,0 +1,127 @@
+"""Runs never publish NaN, never lose rows to a corrupt line, and keep their last finite state.
+
+Unit tests of ``sppo_bench.io`` (metric rows, checkpoints, file modes) and end-to-end runs that
+diverge on purpose (``rl.lr=.inf``, ``actor.lr=.inf``) through the real CLI."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from sppo_bench.cli import main
+from sppo_bench.errors import DivergedError, UserError
+from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_text
+
+TINY_EXPERT = ["expert.n_envs=1", "expert.n_steps=64", "expert.batch_size=64", "expert.n_epochs=1"]
+TINY_EXPERT += ["expert.eval_episodes=2"]
+TINY_CLONE = ["clone.episodes=2", "clone.max_rollouts=2", "clone.only_successful=false"]
+TINY_CLONE += ["clone.epochs=1", "clone.eval_episodes=2"]
+TINY_RL = ["rl.trajectories_per_update=4", "rl.n_eval=2", "rl.eval_every=1"]
+
+
+def _sets(values):
+    return [x for v in values for x in ("--set", v)]
+
+
+def test_a_corrupt_middle_line_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"update": 0}\n{"update": 1, "x": \n{"update": 2}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON row") as err:
+        MetricsWriter(path).rows()
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="metrics.jsonl:2"):
+        MetricsWriter(path).truncate_after("update", 5)  # resume must not drop rows 2..
+    assert path.read_text().count("\n") == 3  # untouched
+
+
+def test_only_a_torn_last_line_is_skipped_and_repaired(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"update": 0}\n{"update": 1}\n{"upd')
+    writer = MetricsWriter(path)
+    assert [r["update"] for r in writer.rows()] == [0, 1]
+    writer.truncate_after("update", 1)
+    assert path.read_text() == '{"update": 0}\n{"update": 1}\n'
+
+
+def test_non_utf8_and_nan_rows(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"update": 0}\n\xff\xfe\n')
+    with pytest.raises(UserError, match="not UTF-8"):
+        MetricsWriter(path).rows()
+    path.write_text('{"update": 0, "loss": NaN}\n{"update": 1}\n')
+    with pytest.raises(UserError, match="metrics.jsonl:1"):
+        MetricsWriter(path).rows()
+    clean = MetricsWriter(tmp_path / "clean.jsonl")
+    clean.append({"update": 0, "loss": 1.0})
+    with pytest.raises(DivergedError, match=r"non-finite loss=nan at \{'update': 1\}"):
+        clean.append({"update": 1, "loss": float("nan")})
+    assert [json.loads(x) for x in clean.path.read_text().splitlines()] == [
+        {"update": 0, "loss": 1.0}
+    ]
+
+
+def test_a_non_finite_checkpoint_is_refused_and_the_last_good_one_kept(tmp_path):
+    path = tmp_path / "latest.pt"
+    atomic_torch_save(path, {"policy": {"w": torch.ones(3)}, "step": 1})
+    with pytest.raises(DivergedError, match=r"policy\.w"):
+        atomic_torch_save(path, {"policy": {"w": torch.tensor([1.0, float("inf")])}, "step": 2})
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left
+
+
+def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
+    old = os.umask(0o002)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_torch_save(tmp_path / "b.pt", {"x": torch.zeros(1)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o664
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    base = ["--task", "mountaincar", "--runs-dir", str(root), "--no-progress"]
+    assert main(["control", "expert", "--timesteps", "64", *base, *_sets(TINY_EXPERT)]) == 0
+    assert main(["control", "clone", *base, *_sets(TINY_CLONE)]) == 0
+    return root
+
+
+def test_a_diverging_control_run_stops_keeps_its_state_and_is_reported(runs, capsys):
+    args = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--seed", "0"]
+    args += ["--episodes", "12", "--runs-dir", str(runs), "--no-progress"]
+    assert main([*args, *_sets([*TINY_RL, "rl.lr=.inf"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "diverged" in err
+    run = runs / "control/mountaincar/sppo/seed0"
+    assert not (run / "done").exists()
+    assert "non-finite" in (run / "diverged").read_text()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(v is None or not isinstance(v, float) or v == v for r in rows for v in r.values())
+    state = torch.load(run / "checkpoints/latest.pt", weights_only=False)
+    assert state["state"]["update"] == rows[-1]["update"] < 3  # the last finite update
+    assert all(torch.isfinite(p).all() for p in state["policy"].values())
+    good = [*args[:5], "ppo-gae", *args[6:]]  # a finished run for the report to use
+    assert main([*good, *_sets(TINY_RL)]) == 0
+    capsys.readouterr()
+    assert main(["suite", "report", "--runs-dir", str(runs), "--out", str(runs / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "not in the report: mountaincar/sppo/seed0: diverged: non-finite" in out
+
+
+def test_a_diverging_llm_run_stops_before_its_checkpoint_is_overwritten(tmp_path):
+    from test_llm_trainer import _config, _train
+
+    with pytest.raises(DivergedError, match="non-finite"):
+        _train(_config("sppo", 3, "actor.lr=.inf"), tmp_path / "x")
+    assert not (tmp_path / "x" / "done").exists()
+    assert "non-finite" in (tmp_path / "x" / "diverged").read_text()
+    rows = (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()
+    assert all("NaN" not in r and "Infinity" not in r for r in rows)
+    ckpt = tmp_path / "x" / "checkpoint.pt"
+    if ckpt.exists():  # any checkpoint there is finite
+        state = torch.load(ckpt, weights_only=False)
+        assert all(torch.isfinite(p).all() for p in state["policy"].values())
