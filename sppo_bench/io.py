@@ -8,6 +8,7 @@ non-finite numbers (``DivergedError``): a diverged run never overwrites its last
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -183,3 +184,40 @@ def divergence_marker(run_dir: Path) -> Iterator[None]:
         atomic_write_text(Path(run_dir) / DIVERGED, f"{err}\n")
         raise
     (Path(run_dir) / DIVERGED).unlink(missing_ok=True)
+
+
+class RunLock:
+    """An OS file lock on ``<run_dir>/.lock`` held while a run folder is written.
+
+    ``flock`` locks die with their process, so a lock left by a killed process is recognised as
+    stale and taken over. A folder locked by a live process is a ``UserError`` naming its PID.
+    Usable as a context manager; the folder is created only once the lock is held.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{str(self.run_dir)!r} is being written by another process (PID {holder}); "
+                "wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -125,3 +125,109 @@ def test_a_diverging_llm_run_stops_before_its_checkpoint_is_overwritten(tmp_path
     if ckpt.exists():  # any checkpoint there is finite
         state = torch.load(ckpt, weights_only=False)
         assert all(torch.isfinite(p).all() for p in state["policy"].values())
+
+
+LOCK_HOLDER = """
+import sys, time
+from sppo_bench.io import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_folder_is_locked_while_written_and_a_dead_holder_is_stale(tmp_path):
+    import subprocess
+    import sys
+
+    from sppo_bench.io import RunLock
+
+    run = tmp_path / "seed0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"another process \(PID {holder.pid}\)") as err:
+            RunLock(run).__enter__()
+        assert "\n" not in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run):  # the holder was killed: its lock is stale
+        assert (run / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_two_trainers_on_one_folder_the_second_is_refused(runs, capsys):
+    from sppo_bench.io import RunLock
+
+    run = runs / "control/mountaincar/reinforce/seed3"
+    args = ["control", "train", "--task", "mountaincar", "--algo", "reinforce", "--seed", "3"]
+    args += ["--episodes", "8", "--runs-dir", str(runs), "--no-progress", *_sets(TINY_RL)]
+    with RunLock(run):  # another trainer is writing this folder
+        assert main(args) == 2
+        assert "being written by another process" in capsys.readouterr().err
+        assert not (run / "metrics.jsonl").exists()
+    assert main(args) == 0
+    rows = [json.loads(x)["update"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == sorted(set(rows))  # no duplicated rows
+
+
+SLEEPY_RUNS = """
+import os, time
+from pathlib import Path
+
+def clone(task, runs_dir, overrides):
+    return Path(runs_dir)
+
+def run(task, algo, seed, runs_dir, episodes, overrides, progress):
+    (Path(runs_dir) / f"worker-{seed}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+    return Path(runs_dir)
+"""
+
+SUITE_MAIN = """
+import sys
+from pathlib import Path
+import sleepy
+from sppo_bench.analysis.suite import RunSpec, run_suite
+specs = [RunSpec("mountaincar", "sppo", s, 8, ()) for s in range(2)]
+run_suite(specs, Path(sys.argv[1]), workers=2, run_fn=sleepy.run, clone_fn=sleepy.clone)
+"""
+
+
+def test_killing_the_suite_kills_its_pool_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "sleepy.py").write_text(SLEEPY_RUNS)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    runs_dir = tmp_path / "runs"
+    suite = subprocess.Popen(
+        [sys.executable, "-c", SUITE_MAIN, str(runs_dir)], env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    pids: list[int] = []
+    while time.monotonic() < deadline and len(pids) < 2:
+        pids = [int(p.read_text()) for p in runs_dir.glob("worker-*.pid") if p.read_text()]
+        time.sleep(0.2)
+    assert len(pids) == 2, "the workers did not start"
+    suite.send_signal(signal.SIGKILL)
+    suite.wait()
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived the suite"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = open(f"/proc/{pid}/stat").read().split()[2] if os.path.exists(f"/proc/{pid}") else "X"
+    return status != "Z"

@@ -183,6 +183,21 @@ def default_clone_fn(task: str, runs_dir: Path, overrides: Sequence[str] = ()) -
     return ensure_clone(task, runs_dir, overrides)
 
 
+def die_with_parent() -> None:
+    """Pool-worker initializer: the kernel kills this worker when the suite's process dies
+    (Linux ``PR_SET_PDEATHSIG``), so a killed suite leaves no run training in the background."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before the call
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _limit_threads() -> None:
     """One compute thread per run: the pool already uses every core."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -245,7 +260,9 @@ class _PoolExecutor(_InlineExecutor):
     """A spawn-context process pool: one run per worker process."""
 
     def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        self.pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=die_with_parent
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.pool.submit(fn, *args)

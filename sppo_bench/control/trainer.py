@@ -43,6 +43,7 @@ from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.errors import UserError
 from sppo_bench.io import (
     MetricsWriter,
+    RunLock,
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
@@ -310,15 +311,16 @@ def train_run(
         )
     if (run_dir / "done").is_file():
         return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml_atomic(config_path, config)
-    trainer = Trainer(
-        spec, name, seed, run_dir, stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
-    )
-    num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
-    with divergence_marker(run_dir):
+    with RunLock(run_dir), divergence_marker(run_dir):
+        if (run_dir / "done").is_file():  # finished by the process that held the lock
+            return run_dir
+        write_yaml_atomic(config_path, config)
+        trainer = Trainer(
+            spec, name, seed, run_dir, stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
+        )
+        num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
         summary = trainer.run(num_updates, progress)
-    atomic_write_json(run_dir / "done", summary)
+        atomic_write_json(run_dir / "done", summary)
     return run_dir
 
 

@@ -25,7 +25,13 @@ from tqdm import tqdm
 from sppo_bench.config import to_dict, write_yaml_atomic
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
 from sppo_bench.errors import UserError
-from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_text, divergence_marker
+from sppo_bench.io import (
+    MetricsWriter,
+    RunLock,
+    atomic_torch_save,
+    atomic_write_text,
+    divergence_marker,
+)
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 from sppo_bench.llm.rollout import RolloutBatch
@@ -355,8 +361,11 @@ class LLMTrainer:
     # ----------------------------------------------------------------- loop
     def train(self, progress: bool = True) -> list[dict[str, float]]:
         """Run (or resume) to ``train.steps``; returns the rows written in this call."""
+        with RunLock(self.run_dir), divergence_marker(self.run_dir):
+            return self._train(progress)
+
+    def _train(self, progress: bool) -> list[dict[str, float]]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml_atomic(self.run_dir / "config.yaml", to_dict(cfg))
         metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if self.load_checkpoint():
@@ -371,15 +380,14 @@ class LLMTrainer:
             initial=self.step,
             total=cfg.train.steps,
         )
-        with divergence_marker(self.run_dir):
-            for step in bar:
-                row = {"step": step + 1, **self.train_step(step)}
-                metrics.append(row)
-                rows.append(row)
-                self.step = step + 1
-                bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
-                if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
-                    self.save_checkpoint()
+        for step in bar:
+            row = {"step": step + 1, **self.train_step(step)}
+            metrics.append(row)
+            rows.append(row)
+            self.step = step + 1
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
+            if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                self.save_checkpoint()
         if self.step >= cfg.train.steps:
             atomic_write_text(self.run_dir / "done", f"{self.step}\n")
         return rows
