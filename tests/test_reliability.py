@@ -231,3 +231,28 @@ def _alive(pid: int) -> bool:
         return False
     status = open(f"/proc/{pid}/stat").read().split()[2] if os.path.exists(f"/proc/{pid}") else "X"
     return status != "Z"
+
+
+def _profile(path, episodes: int) -> str:
+    sets = ["expert.total_timesteps=64", *TINY_EXPERT, *TINY_CLONE, *TINY_RL]
+    path.write_text(
+        "algos: [sppo]\nseeds: 1\ntasks:\n"
+        f"  mountaincar: {{episodes: {episodes}, eval_every: 1, overrides: {sets}}}\n"
+    )
+    return str(path)
+
+
+def test_a_suite_refuses_finished_runs_made_with_other_settings(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    small = _profile(tmp_path / "small.yaml", 8)
+    args = ["suite", "run", "--runs-dir", str(runs), "--workers", "1"]
+    assert main([*args, "--profile", small]) == 0
+    assert (runs / "control/mountaincar/sppo/seed0/done").is_file()
+    capsys.readouterr()
+    bigger = _profile(tmp_path / "bigger.yaml", 16)
+    for extra in (["--dry-run"], []):
+        assert main([*args, "--profile", bigger, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0
+        assert "rl.episodes: 8 != 16" in err and "another --runs-dir" in err
+    assert main([*args, "--profile", small]) == 0  # the same settings: skipped as done

@@ -163,6 +163,20 @@ def plan_runs(
     return specs
 
 
+def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
+    """A one-line ``UserError`` if any existing run folder of ``specs`` was made with other
+    settings (its stored config differs from what this suite would train)."""
+    from sppo_bench.control.trainer import check_stored_config, requested_config
+
+    for spec in specs:
+        path = spec.run_dir(runs_dir)
+        if (path / "config.yaml").is_file():
+            _, config = requested_config(
+                spec.task, spec.algo, spec.seed, spec.episodes, spec.overrides
+            )
+            check_stored_config(path, config)
+
+
 def run_state(spec: RunSpec, runs_dir: Path) -> str:
     """``"done"`` (marker present), ``"resume"`` (directory exists, unfinished) or ``"new"``."""
     path = spec.run_dir(runs_dir)
@@ -356,10 +370,12 @@ def run_suite(
     start = time.monotonic()
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    run_fn = run_fn or default_run_fn
     clone_fn = clone_fn or default_clone_fn
     workers = workers or max(1, os.cpu_count() or 1)
     result = SuiteResult()
+    if run_fn is None:  # the real trainer's stored configs (a custom run_fn keeps its own)
+        check_runs_match(specs, runs_dir)
+    run_fn = run_fn or default_run_fn
     todo: dict[str, list[RunSpec]] = {}
     for spec in specs:
         if run_state(spec, runs_dir) == "done":

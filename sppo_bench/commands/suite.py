@@ -93,10 +93,17 @@ def _print_result(result) -> None:
 
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
-    from sppo_bench.analysis.suite import load_profile, plan_runs, run_state, run_suite
+    from sppo_bench.analysis.suite import (
+        check_runs_match,
+        load_profile,
+        plan_runs,
+        run_state,
+        run_suite,
+    )
 
     profile = load_profile(args.profile)
     specs = plan_runs(profile, args.tasks, args.algos, args.seeds)
+    check_runs_match(specs, args.runs_dir)
     if args.dry_run:
         for spec in specs:
             state = run_state(spec, args.runs_dir)

@@ -282,6 +282,50 @@ def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
     return {"algo": algo, "seed": seed, **to_dict(spec)}
 
 
+def config_difference(stored: Any, requested: Any, prefix: str = "") -> str | None:
+    """The first key (dotted) where two config mappings differ, as ``key: a != b``, or None."""
+    if isinstance(stored, dict) and isinstance(requested, dict):
+        for key in list(requested) + [k for k in stored if k not in requested]:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in stored or key not in requested:
+                return f"{where}: {stored.get(key, '<absent>')} != {requested.get(key, '<absent>')}"
+            found = config_difference(stored[key], requested[key], where)
+            if found:
+                return found
+        return None
+    return None if stored == requested else f"{prefix}: {stored} != {requested}"
+
+
+def check_stored_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse a run folder whose stored ``config.yaml`` differs from ``config``: a finished run
+    with other settings must never be reused, nor an unfinished one continued."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        stored = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"{str(path)!r} is not a readable config; remove that folder") from None
+    diff = config_difference(stored, yaml_round_trip(config))
+    if diff:
+        raise UserError(
+            f"{str(run_dir)!r} holds a run with other settings (stored vs requested {diff}); "
+            "use another --runs-dir or remove that folder"
+        )
+
+
+def requested_config(
+    task: str, algo: str, seed: int, episodes: int | None, overrides: Sequence[str]
+) -> tuple[Path, dict[str, Any]]:
+    """(run folder relative to a runs dir, config.yaml contents) of the run ``train_run`` would
+    make with these arguments."""
+    name, _ = resolve_algo(algo)
+    spec = load_spec(task, overrides)
+    if episodes is not None:
+        spec.rl.episodes = episodes
+    return run_dir_for(Path("."), spec.task, name, seed), resolved_config(spec, name, seed)
+
+
 def train_run(
     task: str,
     algo: str,
@@ -304,11 +348,7 @@ def train_run(
     run_dir = run_dir_for(Path(runs_dir), spec.task, name, seed)
     config = resolved_config(spec, name, seed)
     config_path = run_dir / "config.yaml"
-    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != yaml_round_trip(config):
-        raise UserError(
-            f"{str(run_dir)!r} holds a run with a different config; "
-            "use another --runs-dir or remove that folder"
-        )
+    check_stored_config(run_dir, config)
     if (run_dir / "done").is_file():
         return run_dir
     with RunLock(run_dir), divergence_marker(run_dir):
