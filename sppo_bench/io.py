@@ -12,9 +12,10 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,7 @@ def _plain_mode(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -221,3 +220,30 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def replace_dir(dest: str | os.PathLike[str], build: Callable[[Path], Any]) -> Any:
+    """Fill a fresh temp folder beside ``dest`` with ``build(folder)``, then put it in
+    ``dest``'s place (two renames; the old folder is deleted after), so that ``dest`` never mixes
+    old and new files and a failed ``build`` leaves ``dest`` as it was. Returns build's result."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.new-"))
+    try:
+        result = build(fresh)
+        os.chmod(fresh, 0o777 & ~_umask())  # mkdtemp's 0700 would hide it from the group
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(fresh, dest)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return result
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

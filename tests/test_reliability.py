@@ -256,3 +256,30 @@ def test_a_suite_refuses_finished_runs_made_with_other_settings(tmp_path, capsys
         assert err.count("\n") == 0
         assert "rl.episodes: 8 != 16" in err and "another --runs-dir" in err
     assert main([*args, "--profile", small]) == 0  # the same settings: skipped as done
+
+
+def test_reports_and_figures_go_beside_their_runs_and_never_mix(tmp_path, monkeypatch, capsys):
+    from synthetic_runs import write_run
+
+    monkeypatch.chdir(tmp_path)  # a default under the working folder would land here
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed in range(3):
+        write_run(first, "mountaincar", "sppo", seed, 400)
+    write_run(second, "mountaincar", "sppo", 7, 400)
+    assert main(["suite", "report", "--runs-dir", str(first)]) == 0
+    assert main(["plot", "curves", "--runs-dir", str(first)]) == 0
+    assert (first / "report/summary.md").is_file()
+    assert (first / "report/figures/learning_curves.png").is_file()
+    assert not (tmp_path / "results").exists()
+    shared = tmp_path / "shared-report"
+    assert main(["suite", "report", "--runs-dir", str(first), "--out", str(shared)]) == 0
+    assert main(["suite", "report", "--runs-dir", str(second), "--out", str(shared)]) == 0
+    per_run = sorted(p.name for p in (shared / "runs").rglob("*.csv"))
+    assert per_run == ["seed7.csv"]  # no CSV of the first runs left beside the new report
+    assert not [p for p in shared.iterdir() if p.name.startswith(".")]  # no temp folders
+    demo = tmp_path / "demo"
+    write_run(demo / "runs", "mountaincar", "sppo", 0, 400)
+    capsys.readouterr()  # --out whose runs/ is the runs dir itself: refused, nothing replaced
+    assert main(["suite", "report", "--runs-dir", str(demo / "runs"), "--out", str(demo)]) == 2
+    assert "holds runs" in capsys.readouterr().err
+    assert (demo / "runs/control/mountaincar/sppo/seed0/metrics.jsonl").is_file()

@@ -183,9 +183,9 @@ def test_demo_runs_report_and_figures(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out), "--workers", "1", "--seeds", "3"]) == 1  # 2 fail
     printed = capsys.readouterr().out
     assert "2 failed" in printed and "summary table:" in printed
-    assert (out / "summary.md").is_file() and (out / "runs" / "control").is_dir()
+    assert (out / "report" / "summary.md").is_file() and (out / "runs" / "control").is_dir()
     for name in ("learning_curves.png", "calibration.png", "tail_effect_mountaincar.png"):
-        assert (out / "figures" / name).stat().st_size > 30_000
+        assert (out / "report" / "figures" / name).stat().st_size > 30_000
 
 
 def test_ray_executor_on_a_local_instance(tmp_path):

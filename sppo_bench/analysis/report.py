@@ -24,7 +24,8 @@ from sppo_bench.analysis.stats import (
     median_episodes_to_threshold,
     probability_of_improvement,
 )
-from sppo_bench.io import atomic_write_text
+from sppo_bench.errors import UserError
+from sppo_bench.io import atomic_write_text, replace_dir
 
 BOOTSTRAP_REPS = 2000
 AGGREGATE = "aggregate"
@@ -207,7 +208,11 @@ def _markdown(
 
 
 def write_report(report: Report, runs_dir: Path, out_dir: Path) -> dict[str, Path]:
-    """Write summary.csv, summary.md, runs.csv and per-run compact CSVs into ``out_dir``."""
+    """Write summary.csv, summary.md, runs.csv and per-run compact CSVs into ``out_dir``.
+
+    The per-run folder is replaced as a whole, so no CSV of a run outside this report stays in
+    it; an ``out_dir`` whose ``runs/`` holds run folders (a runs dir) is refused.
+    """
     out_dir = Path(out_dir)
     paths = {
         "summary_csv": out_dir / "summary.csv",
@@ -215,10 +220,15 @@ def write_report(report: Report, runs_dir: Path, out_dir: Path) -> dict[str, Pat
         "runs_csv": out_dir / "runs.csv",
         "per_run_csv": out_dir / "runs",
     }
+    if (paths["per_run_csv"] / "control").is_dir():
+        raise UserError(
+            f"{str(paths['per_run_csv'])!r} holds runs, not a report's per-run CSVs; "
+            "pass another --out"
+        )
+    selected = {(r.task, r.algo, r.seed) for r in report.runs.itertuples()}
+    runs = [r for r in discover_runs(runs_dir) if (r.task, r.algo, r.seed) in selected]
+    replace_dir(paths["per_run_csv"], lambda folder: export_all_compact(runs, folder))
     atomic_write_text(paths["summary_csv"], report.summary.to_csv(index=False, float_format="%.4g"))
     atomic_write_text(paths["summary_md"], report.markdown)
     atomic_write_text(paths["runs_csv"], report.runs.to_csv(index=False, float_format="%.5g"))
-    selected = {(r.task, r.algo, r.seed) for r in report.runs.itertuples()}
-    runs = [r for r in discover_runs(runs_dir) if (r.task, r.algo, r.seed) in selected]
-    export_all_compact(runs, paths["per_run_csv"])
     return paths

@@ -53,7 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=cmd_suite_run)
     report = suite_sub.add_parser("report", help="statistics tables of finished runs")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    report.add_argument("--out", type=Path, default=Path("results/control"))
+    report.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <runs-dir>/report)"
+    )
     report.add_argument("--tasks", nargs="+", default=None)
     report.add_argument("--algos", nargs="+", default=None)
     report.add_argument(
@@ -65,7 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     plot = subparsers.add_parser("plot", help="figures from existing control runs")
     plot.add_argument("figure", choices=("curves", "tail-effect", "calibration"))
     plot.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    plot.add_argument("--out", type=Path, default=Path("results/control/figures"))
+    plot.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <runs-dir>/report/figures)"
+    )
     plot.add_argument("--tasks", nargs="+", default=None)
     plot.add_argument("--algos", nargs="+", default=None)
     plot.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
@@ -151,7 +155,7 @@ def _print_left_out(runs_dir: Path, tasks, algos, report) -> None:
 
 
 def cmd_suite_report(args: argparse.Namespace) -> int:
-    paths = _report(args, args.runs_dir, args.out)
+    paths = _report(args, args.runs_dir, args.out or Path(args.runs_dir) / "report")
     print(f"wrote {paths['summary_csv']}, {paths['summary_md']}, {paths['runs_csv']}")
     print(f"per-run metrics CSVs under {paths['per_run_csv']}/")
     return 0
@@ -196,7 +200,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     paths = draw_figure(
         args.figure,
         args.runs_dir,
-        args.out,
+        args.out or Path(args.runs_dir) / "report" / "figures",
         args.tasks,
         args.algos,
         args.metric,
@@ -232,12 +236,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         final_evals=DEFAULT_FINAL_EVALS,
         threshold=0.8,
     )
-    paths = _report(report_args, runs_dir, out)
+    paths = _report(report_args, runs_dir, out / "report")
     figures = []
     for figure in ("curves", "tail-effect", "calibration"):
         try:
             figures += draw_figure(
-                figure, runs_dir, out / "figures", args.tasks, list(DEMO_ALGOS), threshold=0.8
+                figure,
+                runs_dir,
+                out / "report" / "figures",
+                args.tasks,
+                list(DEMO_ALGOS),
+                threshold=0.8,
             )
         except UserError as exc:
             print(f"  no {figure} figure: {exc}")
