@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import typing
 from collections.abc import Sequence
 
 from sppo_bench import __version__
@@ -23,8 +25,17 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes are one line (``sppo-bench: error: ...``, exit 2), with any very
+    long value shortened, instead of argparse's usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        message = re.sub(r"'([^']{60})[^']{20,}'", r"'\1...'", message)
+        self.exit(2, f"sppo-bench: error: {self.prog.removeprefix('sppo-bench ')}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sppo-bench",
         description="Sequence-level PPO (SPPO) and its baselines: control suite and LLM math.",
     )
@@ -45,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"sppo-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be made, read or written
+        name = str(exc.filename or "")
+        name = name if len(name) <= 80 else f"{name[:40]}...{name[-30:]}"
+        reason = exc.strerror or type(exc).__name__
+        print(f"sppo-bench: error: {reason}: {name!r}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sppo-bench: interrupted; finished work is saved, rerun to resume", file=sys.stderr)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -140,6 +141,8 @@ def parse_overrides(overrides: Iterable[str], cls: type) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            raise UserError(f"override {key.strip()!r}: {str(exc).split(';')[0]}") from None
         _set_dotted(data, key.strip(), value, cls)
     return data
 
@@ -160,11 +163,16 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        msg = str(exc).split(";")[0]
+        raise UserError(f"config file {str(path)!r}: {msg}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping at the top level")
     return data
@@ -195,3 +203,36 @@ def write_yaml_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> 
     from sppo_bench.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))
+
+
+# ---------------------------------------------------------------- value bounds
+Bound = tuple[typing.Callable[[Any], bool], str]  # (accepts value, what is valid)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(n: int) -> Bound:
+    return (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= n
+    ), f"an integer >= {n}"
+
+
+POSITIVE: Bound = (lambda v: _finite(v) and v > 0), "a finite number > 0"
+NON_NEGATIVE: Bound = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
+UNIT: Bound = (lambda v: _finite(v) and 0 < v <= 1), "a number in (0, 1]"
+OPTIONAL_ABOVE_ONE: Bound = (lambda v: v is None or (_finite(v) and v > 1)), "null or a number > 1"
+LEARNING_RATE: Bound = (lambda v: _finite(v) and 0 < v <= 10), "a number in (0, 10]"
+OPTIONAL_POSITIVE: Bound = (lambda v: v is None or (_finite(v) and v > 0)), "null or a number > 0"
+
+
+def check_bounds(config: Any, bounds: Mapping[str, Bound]) -> None:
+    """A one-line ``UserError`` for the first dotted key of ``bounds`` whose value in the
+    (nested dataclass) ``config`` is out of range, naming the value and what is valid."""
+    for key, (accepts, valid) in bounds.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not accepts(value):
+            raise UserError(f"{key}={value!r} is out of range; valid: {valid}")

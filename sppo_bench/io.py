@@ -103,6 +103,29 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
         raise
 
 
+def read_torch_file(
+    path: str | os.PathLike[str], what: str = "checkpoint", keys: tuple[str, ...] = ()
+) -> Any:
+    """``torch.load`` onto the CPU (full unpickling: the project's own files); a missing, empty,
+    truncated or foreign file, or one without the mapping ``keys``, is a one-line ``UserError``
+    naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        kind = "empty" if path.stat().st_size == 0 else f"unreadable ({type(exc).__name__})"
+        raise UserError(
+            f"{what} {str(path)!r} is {kind}: not a file this project wrote, or cut short; "
+            "remove it (a rerun rebuilds it) or point at another file"
+        ) from None
+    missing = [k for k in keys if not isinstance(data, Mapping) or k not in data]
+    if missing:
+        raise UserError(f"{what} {str(path)!r} has no {missing[0]!r}: not a {what} of this kind")
+    return data
+
+
 class MetricsWriter:
     """Append one JSON object per line to ``path`` and flush after each row (JSONL).
 
@@ -190,14 +213,20 @@ class RunLock:
 
     ``flock`` locks die with their process, so a lock left by a killed process is recognised as
     stale and taken over. A folder locked by a live process is a ``UserError`` naming its PID.
-    Usable as a context manager; the folder is created only once the lock is held.
+    Usable as a context manager. Folders it creates are removed again if the body fails before
+    writing any metrics (a refused or crashed start leaves nothing behind).
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self._fd: int | None = None
+        self._created: Path | None = None  # the outermost folder this lock made
 
     def __enter__(self) -> RunLock:
+        missing = self.run_dir
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        self._created = None if self.run_dir.exists() else missing
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -215,11 +244,14 @@ class RunLock:
         self._fd = fd
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        started = (self.run_dir / "metrics.jsonl").exists()
+        if exc_type is not None and self._created is not None and not started:
+            shutil.rmtree(self._created, ignore_errors=True)
 
 
 def replace_dir(dest: str | os.PathLike[str], build: Callable[[Path], Any]) -> Any:

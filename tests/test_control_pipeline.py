@@ -10,6 +10,7 @@ import yaml
 from sppo_bench.cli import main
 from sppo_bench.control.tasks import TASKS
 from sppo_bench.control.trainer import ALGOS, Trainer, train_run
+from sppo_bench.errors import UserError
 
 TINY_EXPERT = [
     "expert.n_envs=1",
@@ -172,7 +173,9 @@ def test_calibration_and_evaluate(runs, capsys):
 
 def test_changed_config_is_refused(runs):
     train_run("cartpole", "sppo", 0, runs, episodes=8, overrides=TINY_RL, progress=False)
-    with pytest.raises(Exception, match="different config"):
+    with pytest.raises(
+        UserError, match=r"other settings \(stored vs requested rl.lr: 0.0003 != 0.1"
+    ):
         train_run(
             "cartpole",
             "sppo",

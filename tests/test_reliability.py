@@ -90,10 +90,31 @@ def runs(tmp_path_factory):
     return root
 
 
-def test_a_diverging_control_run_stops_keeps_its_state_and_is_reported(runs, capsys):
+def _blow_up_after(monkeypatch, optimizer: type, steps: int) -> None:
+    """Numerical blow-up, injected: from the optimiser's ``steps``-th step on, the parameters it
+    updates turn to NaN (what an exploding update does)."""
+    real_step = optimizer.step
+    count = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        count["n"] += 1
+        if count["n"] >= steps:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(optimizer, "step", step)
+
+
+def test_a_diverging_control_run_stops_keeps_its_state_and_is_reported(runs, capsys, monkeypatch):
     args = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--seed", "0"]
     args += ["--episodes", "12", "--runs-dir", str(runs), "--no-progress"]
-    assert main([*args, *_sets([*TINY_RL, "rl.lr=.inf"])]) == 2
+    with monkeypatch.context() as patch:
+        _blow_up_after(patch, torch.optim.Adam, steps=40)  # in update 2 (32 steps each)
+        assert main([*args, *_sets(TINY_RL)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "diverged" in err
     run = runs / "control/mountaincar/sppo/seed0"
@@ -102,7 +123,7 @@ def test_a_diverging_control_run_stops_keeps_its_state_and_is_reported(runs, cap
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(v is None or not isinstance(v, float) or v == v for r in rows for v in r.values())
     state = torch.load(run / "checkpoints/latest.pt", weights_only=False)
-    assert state["state"]["update"] == rows[-1]["update"] < 3  # the last finite update
+    assert state["state"]["update"] == rows[-1]["update"] >= 1  # the last finite update
     assert all(torch.isfinite(p).all() for p in state["policy"].values())
     good = [*args[:5], "ppo-gae", *args[6:]]  # a finished run for the report to use
     assert main([*good, *_sets(TINY_RL)]) == 0
@@ -112,19 +133,19 @@ def test_a_diverging_control_run_stops_keeps_its_state_and_is_reported(runs, cap
     assert "not in the report: mountaincar/sppo/seed0: diverged: non-finite" in out
 
 
-def test_a_diverging_llm_run_stops_before_its_checkpoint_is_overwritten(tmp_path):
+def test_a_diverging_llm_run_stops_before_its_checkpoint_is_overwritten(tmp_path, monkeypatch):
     from test_llm_trainer import _config, _train
 
     with pytest.raises(DivergedError, match="non-finite"):
-        _train(_config("sppo", 3, "actor.lr=.inf"), tmp_path / "x")
+        _blow_up_after(monkeypatch, torch.optim.AdamW, steps=5)
+        _train(_config("sppo", 4), tmp_path / "x")
     assert not (tmp_path / "x" / "done").exists()
     assert "non-finite" in (tmp_path / "x" / "diverged").read_text()
     rows = (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()
     assert all("NaN" not in r and "Infinity" not in r for r in rows)
-    ckpt = tmp_path / "x" / "checkpoint.pt"
-    if ckpt.exists():  # any checkpoint there is finite
-        state = torch.load(ckpt, weights_only=False)
-        assert all(torch.isfinite(p).all() for p in state["policy"].values())
+    state = torch.load(tmp_path / "x" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == len(rows) >= 1  # the last finite step, saved before the blow-up
+    assert all(torch.isfinite(p).all() for p in state["policy"].values())
 
 
 LOCK_HOLDER = """
@@ -283,3 +304,87 @@ def test_reports_and_figures_go_beside_their_runs_and_never_mix(tmp_path, monkey
     assert main(["suite", "report", "--runs-dir", str(demo / "runs"), "--out", str(demo)]) == 2
     assert "holds runs" in capsys.readouterr().err
     assert (demo / "runs/control/mountaincar/sppo/seed0/metrics.jsonl").is_file()
+
+
+BIG = "1" + "0" * 5000
+TRAIN = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--no-progress"]
+TRAIN += ["--episodes", "8", "--set", "rl.trajectories_per_update=4", "--set", "rl.n_eval=2"]
+LLM = ["llm", "train", "--recipe", "llm/tiny-cpu.yaml"]
+LLM_EVAL = ["llm", "evaluate", "--recipe", "llm/tiny-cpu.yaml"]
+BAD_INPUTS = {
+    "seed -1": [*TRAIN, "--seed", "-1"],
+    "rl.eval_every=0": [*TRAIN, "--set", "rl.eval_every=0"],
+    "rl.lr=-1": [*TRAIN, "--set", "rl.lr=-1"],
+    "grpo rl.group_size=0": [*TRAIN, "--algo", "grpo", "--set", "rl.group_size=0"],
+    "rl.minibatches=0": [*TRAIN, "--set", "rl.minibatches=0"],
+    "rl.checkpoint_every=0": [*TRAIN, "--set", "rl.checkpoint_every=0"],
+    "evaluate --n-eval 0": ["control", "evaluate", "--task", "mountaincar", "--n-eval", "0"],
+    "evaluate --n-eval -3": ["control", "evaluate", "--task", "mountaincar", "--n-eval", "-3"],
+    "eval.k=0": [*LLM_EVAL, "--set", "eval.k=0"],
+    "non-UTF-8 profile": ["suite", "run", "--profile", "latin1.yaml", "--dry-run"],
+    "non-UTF-8 JSONL": [*LLM, "--set", "data.train=latin1.jsonl"],
+    "garbage clone file": [*TRAIN, "--runs-dir", "garbage"],
+    "empty LLM checkpoint": [*LLM_EVAL, "--checkpoint", "empty.pt"],
+    "YAML as LLM checkpoint": [*LLM_EVAL, "--checkpoint", "latin1.yaml"],
+    "truncated LLM checkpoint": [*LLM_EVAL, "--checkpoint", "truncated.pt"],
+    "control checkpoint as LLM's": [*LLM_EVAL, "--checkpoint", "other.pt"],
+    "train.device=cuda without CUDA": [*LLM, "--set", "train.device=cuda"],
+    "--threads 0": [*LLM, "--threads", "0"],
+    "300-character path": [*TRAIN, "--runs-dir", "d" * 300],
+    "5,000-digit seed": [*TRAIN, "--seed", BIG],
+    "5,000-digit override": [*TRAIN, "--set", f"rl.eval_every={BIG}"],
+    "--runs-dir is a file": [*TRAIN, "--runs-dir", "afile"],
+    "--episodes 0": [*TRAIN, "--episodes", "0"],
+    "--episodes -5": [*TRAIN, "--episodes", "-5"],
+    "train.steps=-3": [*LLM, "--set", "train.steps=-3"],
+    "expert --timesteps 0": ["control", "expert", "--task", "cartpole", "--timesteps", "0"],
+    "suite --workers 0": ["suite", "run", "--tasks", "mountaincar", "--workers", "0"],
+    "unknown --executor": ["suite", "run", "--tasks", "mountaincar", "--executor", "bogus"],
+    "plot --threshold 7": ["plot", "curves", "--threshold", "7"],
+    "rollout.temperature=-1": [*LLM, "--set", "rollout.temperature=-1"],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_base(runs, tmp_path_factory):
+    """A working folder: the tiny runs, the LLM recipes, and broken files of every kind."""
+    import shutil
+    from pathlib import Path
+
+    base = tmp_path_factory.mktemp("base")
+    shutil.copytree(runs / "control", base / "runs" / "control")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "llm", base / "llm")
+    (base / "afile").write_text("")
+    (base / "empty.pt").write_bytes(b"")
+    (base / "latin1.yaml").write_bytes(b"algos: [sppo]\n\xe9t\xe9: 1\n")
+    (base / "latin1.jsonl").write_bytes(b'{"question": "caf\xe9", "answer": "1"}\n')
+    good = runs / "control/mountaincar/clone/policy.pt"
+    (base / "truncated.pt").write_bytes(good.read_bytes()[:200])
+    shutil.copy(good, base / "other.pt")
+    garbage = base / "garbage/control/mountaincar"
+    shutil.copytree(runs / "control/mountaincar", garbage)
+    (garbage / "clone/policy.pt").write_text("garbage\n")
+    return base
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, bad_input_base, tmp_path, capsys):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(bad_input_base, work)
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        try:
+            code = main(BAD_INPUTS[name])
+        except SystemExit as exit_:  # argparse's error path
+            code = exit_.code
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("sppo-bench: error: ") and "\n" not in err, err
+    assert len(err) < 400
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before

@@ -11,13 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
+from sppo_bench.commands.argtypes import SEED, int_at_least
 from sppo_bench.control.tasks import TASKS, get_task
 from sppo_bench.control.trainer import ALGOS, resolve_algo
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: runs")
     parser.add_argument(
         "--set",
@@ -38,19 +39,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     expert = stages.add_parser("expert", help="train the task's expert on its shaped reward")
     _common(expert)
-    expert.add_argument("--timesteps", type=int, help="SB3 PPO timesteps (default: the spec's)")
+    expert.add_argument(
+        "--timesteps", type=int_at_least(1), help="SB3 PPO timesteps (default: the spec's)"
+    )
     expert.set_defaults(func=run_expert)
 
     clone = stages.add_parser("clone", help="clone successful expert episodes into the policy")
     _common(clone)
-    clone.add_argument("--demos", type=int, help="successful expert episodes to clone")
+    clone.add_argument("--demos", type=int_at_least(1), help="successful expert episodes to clone")
     clone.add_argument("--epochs", type=int, help="behaviour-cloning epochs")
     clone.set_defaults(func=run_clone)
 
     train = stages.add_parser("train", help="RL fine-tuning of the clone with one estimator")
     _common(train)
     train.add_argument("--algo", required=True, help=f"one of: {', '.join(ALGOS)}")
-    train.add_argument("--episodes", type=int, help="training-episode budget")
+    train.add_argument("--episodes", type=int_at_least(1), help="training-episode budget")
     train.set_defaults(func=run_train)
 
     evaluate = stages.add_parser(
@@ -58,11 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(evaluate)
     evaluate.add_argument("--algo", help=f"one of: {', '.join(ALGOS)}")
-    evaluate.add_argument("--n-eval", type=int, default=128, help="evaluation start states")
+    evaluate.add_argument(
+        "--n-eval", type=int_at_least(1), default=128, help="evaluation start states"
+    )
     evaluate.add_argument(
         "--calibration",
         nargs=2,
-        type=int,
+        type=int_at_least(1),
         metavar=("K", "M"),
         help="write calibration.npz: V(s_0) and the success rate of M rollouts, K start states",
     )

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from sppo_bench.commands.argtypes import int_at_least
 from sppo_bench.config import load_config
 from sppo_bench.errors import UserError
+from sppo_bench.io import read_torch_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="override a recipe key, e.g. --set train.steps=10 (repeatable)",
         )
         p.add_argument("--run-dir", help="run folder (default: train.output_dir/<algo>)")
-        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+        p.add_argument(
+            "--threads", type=int_at_least(1), default=1, help="torch CPU threads (default 1)"
+        )
         if name == "evaluate":
             p.add_argument(
                 "--checkpoint", help="a run folder or checkpoint.pt whose policy to evaluate"
@@ -87,7 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         path = path / "checkpoint.pt" if path.is_dir() else path
         if not path.is_file():
             raise UserError(f"checkpoint {str(path)!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_torch_file(path, keys=("policy", "step"))
         policy.load_state_dict(state["policy"])
         checkpoint = {"path": str(path.resolve()), "step": int(state["step"])}
     elif cfg.model.init:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from sppo_bench.analysis.runs import DEFAULT_FINAL_EVALS, DEFAULT_METRIC, EVAL_METRICS
+from sppo_bench.commands.argtypes import int_at_least, unit_float
 from sppo_bench.errors import UserError
 
 DEMO_TASKS = ("cartpole", "mountaincar")
@@ -20,10 +21,15 @@ FIGURE_NAMES = {"curves": "learning_curves.png", "calibration": "calibration.png
 def _add_run_args(parser: argparse.ArgumentParser, runs_dir: Path | None = Path("runs")) -> None:
     where = "run folder root" + ("" if runs_dir else " (default: <out>/runs)")
     parser.add_argument("--runs-dir", type=Path, default=runs_dir, help=where)
-    parser.add_argument("--executor", default="local", help="local (process pool) or ray")
+    parser.add_argument(
+        "--executor", default="local", choices=("local", "ray"), help="local (process pool) or ray"
+    )
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="parallel runs (default: one per core)"
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        help="parallel runs (default: one per core)",
     )
 
 
@@ -31,12 +37,12 @@ def _add_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
     parser.add_argument(
         "--final-evals",
-        type=int,
+        type=int_at_least(1),
         default=DEFAULT_FINAL_EVALS,
         help="evaluation points averaged into a run's final success",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.8, help="success rate for sample efficiency"
+        "--threshold", type=unit_float, default=0.8, help="success rate for sample efficiency"
     )
 
 
@@ -47,7 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--profile", default="quick", help="quick, standard, paper or a .yaml path")
     run.add_argument("--tasks", nargs="+", default=None, help="subset of the profile's tasks")
     run.add_argument("--algos", nargs="+", default=None, help="override the profile's algorithms")
-    run.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: profile's)")
+    run.add_argument(
+        "--seeds", type=int_at_least(1), default=None, help="seeds 0..N-1 (default: profile's)"
+    )
     run.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
     _add_run_args(run)
     run.set_defaults(func=cmd_suite_run)
@@ -73,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--tasks", nargs="+", default=None)
     plot.add_argument("--algos", nargs="+", default=None)
     plot.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
-    plot.add_argument("--threshold", type=float, default=None, help="draw this success level")
+    plot.add_argument("--threshold", type=unit_float, default=None, help="draw this success level")
     plot.add_argument("--include-unfinished", action="store_true")
     plot.set_defaults(func=cmd_plot)
 
@@ -82,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--out", type=Path, default=Path("demo_output"))
     demo.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS))
-    demo.add_argument("--seeds", type=int, default=DEMO_SEEDS)
+    demo.add_argument("--seeds", type=int_at_least(1), default=DEMO_SEEDS)
     _add_run_args(demo, runs_dir=None)
     demo.set_defaults(func=cmd_demo)
 

@@ -37,7 +37,7 @@ from sppo_bench.control.policies import Policy
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
 from sppo_bench.errors import UserError
-from sppo_bench.io import atomic_torch_save, atomic_write_json
+from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
 
 CLONE_SEED = 3_000_000
 
@@ -66,7 +66,7 @@ def load_policy(path: Path, spec: TaskSpec) -> Policy:
     if not path.is_file():
         raise UserError(f"no cloned policy at {str(path)!r}; run `sppo-bench control clone` first")
     policy = build_policy(spec)
-    policy.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
+    policy.load_state_dict(read_torch_file(path, "cloned policy", ("state_dict",))["state_dict"])
     return policy
 
 

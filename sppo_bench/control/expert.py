@@ -30,7 +30,7 @@ from sppo_bench.control.shaping import make_shaped_env
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
 from sppo_bench.errors import UserError
-from sppo_bench.io import atomic_torch_save, atomic_write_json
+from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
 
 EXPERT_EVAL_SEED = 2_000_000
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
@@ -72,7 +72,7 @@ class ExpertActor:
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise UserError(f"no expert at {str(path)!r}; run `sppo-bench control expert` first")
-        blob = torch.load(path, weights_only=False)
+        blob = read_torch_file(path, "expert policy")
         self.policy = blob["policy"].eval()
         self.mean = blob["obs_mean"]
         self.std = np.sqrt(blob["obs_var"] + blob["epsilon"])

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sppo_bench.config import load_config
+from sppo_bench.config import (
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    OPTIONAL_ABOVE_ONE,
+    POSITIVE,
+    at_least,
+    check_bounds,
+    load_config,
+)
 from sppo_bench.control.tasks import get_task
 
 ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
@@ -130,6 +138,28 @@ def spec_path(task: str) -> Path:
     return ENVS_DIR / f"{get_task(task).name}.yaml"
 
 
+SPEC_BOUNDS = {
+    **{f"expert.{k}": at_least(1) for k in ("total_timesteps", "n_envs", "n_steps")},
+    **{f"expert.{k}": at_least(1) for k in ("batch_size", "n_epochs", "eval_episodes")},
+    "expert.learning_rate": LEARNING_RATE,
+    **{f"clone.{k}": at_least(1) for k in ("episodes", "max_rollouts", "batch_size")},
+    "clone.eval_episodes": at_least(1),
+    "clone.epochs": at_least(0),
+    "clone.lr": LEARNING_RATE,
+    **{f"rl.{k}": at_least(1) for k in ("episodes", "trajectories_per_update", "epochs")},
+    **{f"rl.{k}": at_least(1) for k in ("minibatches", "eval_every", "n_eval")},
+    "rl.checkpoint_every": at_least(1),
+    "rl.group_size": at_least(2),
+    **{f"rl.{k}": LEARNING_RATE for k in ("lr", "critic_lr")},
+    **{f"rl.{k}": POSITIVE for k in ("clip_eps", "max_grad_norm")},
+    "rl.dual_clip": OPTIONAL_ABOVE_ONE,
+    "rl.ent_coef": NON_NEGATIVE,
+}
+
+
 def load_spec(task: str, overrides: Sequence[str] = ()) -> TaskSpec:
-    """The task's spec from ``envs/<task>.yaml`` with ``key=value`` overrides applied."""
-    return load_config(TaskSpec, spec_path(task), list(overrides))
+    """The task's spec from ``envs/<task>.yaml`` with ``key=value`` overrides applied; values
+    out of range (``SPEC_BOUNDS``) are a one-line ``UserError``."""
+    spec = load_config(TaskSpec, spec_path(task), list(overrides))
+    check_bounds(spec, SPEC_BOUNDS)
+    return spec

@@ -48,6 +48,7 @@ from sppo_bench.io import (
     atomic_write_bytes,
     atomic_write_json,
     divergence_marker,
+    read_torch_file,
 )
 
 ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
@@ -124,7 +125,7 @@ class Trainer:
         path = self.run_dir / "checkpoints" / "latest.pt"
         if not path.is_file():
             return False
-        blob = torch.load(path, weights_only=False)
+        blob = read_torch_file(path, keys=("state", "policy", "policy_opt"))
         self.state = dict(blob["state"])
         self.policy.load_state_dict(blob["policy"])
         self.policy_opt.load_state_dict(blob["policy_opt"])

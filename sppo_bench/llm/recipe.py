@@ -22,8 +22,41 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from sppo_bench.config import (
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    OPTIONAL_ABOVE_ONE,
+    OPTIONAL_POSITIVE,
+    POSITIVE,
+    UNIT,
+    at_least,
+    check_bounds,
+)
 from sppo_bench.core import get_estimator
 from sppo_bench.errors import UserError
+
+RECIPE_BOUNDS = {
+    **{f"train.{k}": at_least(1) for k in ("steps", "save_every", "ppo_epochs", "reward_workers")},
+    "train.reward_timeout_s": POSITIVE,
+    "train.seed": at_least(0),
+    **{f"rollout.{k}": at_least(1) for k in ("max_new_tokens", "generation_batch_size")},
+    "rollout.temperature": NON_NEGATIVE,
+    "rollout.top_p": UNIT,
+    "rollout.gpu_memory_utilization": UNIT,
+    "algo.clip_eps": POSITIVE,
+    "algo.dual_clip": OPTIONAL_ABOVE_ONE,
+    "algo.entropy_coef": NON_NEGATIVE,
+    "algo.value_clip": OPTIONAL_POSITIVE,
+    "actor.lr": LEARNING_RATE,
+    "actor.grad_clip": POSITIVE,
+    "actor.warmup_steps": at_least(0),
+    "critic.lr": (lambda v: v is None or LEARNING_RATE[0](v), "null or " + LEARNING_RATE[1]),
+    "critic.grad_clip": POSITIVE,
+    "eval.k": at_least(1),
+    "eval.temperature": NON_NEGATIVE,
+    "eval.top_p": UNIT,
+    "eval.max_new_tokens": at_least(1),
+}
 
 PAPER_SAMPLES = {"sppo": 1, "gae": 1, "grpo": 8, "rloo": 5, "remax": 1, "reinforce": 1}
 PAPER_KL = {"rloo": 0.001, "remax": 0.001}
@@ -163,6 +196,7 @@ class LLMConfig:
 
 def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
     """Fill the ``None`` per-algorithm fields (table above) and check the batch arithmetic."""
+    check_bounds(cfg, RECIPE_BOUNDS)
     spec = get_estimator(cfg.algo.name)
     name = spec.name
     algo = replace(

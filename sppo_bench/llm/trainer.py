@@ -31,6 +31,7 @@ from sppo_bench.io import (
     atomic_torch_save,
     atomic_write_text,
     divergence_marker,
+    read_torch_file,
 )
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
@@ -42,9 +43,25 @@ RewardFn = Callable[[list[str], list[str]], list[float]]
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA where available), ``cpu``, ``cuda`` or ``cuda:<index>``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"train.device={name!r}; valid: auto, cpu, cuda, cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"train.device={name!r}; valid: auto, cpu, cuda, cuda:<index>")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"train.device={name!r} but CUDA is not available (torch {torch.__version__}); "
+                "use auto or cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UserError(f"train.device={name!r} but this machine has {count} CUDA device(s)")
+    return device
 
 
 def make_engine(cfg: LLMConfig, policy, tokenizer):
@@ -343,7 +360,7 @@ class LLMTrainer:
             return False
         # On the CPU: ``load_state_dict`` copies weights and optimiser state onto the modules'
         # devices, and the RNG states must stay CPU ByteTensors (``set_rng_state`` refuses others).
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        state = read_torch_file(self.checkpoint_path, keys=("policy", "step", "rng"))
         self.policy.load_state_dict(state["policy"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         if self.critic is not None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from sppo_bench.errors import UserError
+from sppo_bench.io import read_torch_file
 
 
 def _build_toy(policy: str, path: Path) -> None:
@@ -40,7 +40,7 @@ def initial_policy_state(policy: str, init: str, builder: str | None) -> dict:
         if builder not in BUILDERS:
             raise UserError(f"unknown model.init_builder {builder!r}; valid: {', '.join(BUILDERS)}")
         BUILDERS[builder](policy, path)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_torch_file(path, "model.init file")
     if not isinstance(state, dict) or "policy" not in state:
         raise UserError(f"model.init file {init!r} has no 'policy' state dict")
     return state["policy"]
