@@ -24,9 +24,10 @@ hold the three pieces below as soon as they import verl. Select SPPO with
    ``compute_advantage`` passes a registered estimator no ``values``); with any other estimator
    it is verl's ``PPOTrainerSync`` unchanged.
 
-verl's critic reads prompt + response, as its token-level critic does; the paper's fork ran a
-prompt-only forward, which saves compute but needs more than these hooks. This module imports
-neither Gymnasium nor the control track.
+verl's critic runs over prompt + response, as for its token-level critic; the paper's fork ran a
+prompt-only forward. The value is the same (in a causal model the output at the last prompt
+token depends on the prompt alone); the prompt-only forward only saves compute, which needs more
+than these hooks. This module imports neither Gymnasium nor the control track.
 """
 
 from __future__ import annotations
