@@ -42,6 +42,7 @@ import transfer_queue as tq
 from omegaconf import DictConfig
 from tensordict import TensorDict
 from torch import Tensor
+from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.core_algos import register_adv_est
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -178,7 +179,7 @@ class SPPOTrainerSync(PPOTrainerSync):
         super().init()
         self.critic_wg.set_loss_fn(sppo_critic_loss)
 
-    def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         """Upstream ``_compute_advantage``; for SPPO, with the critic's values in reach.
 
         The values ``[B, T]`` are read from TransferQueue as verl's ``_compute_values`` wrote

@@ -197,6 +197,9 @@ def test_import_verl_registers_sppo_estimator_and_sync_trainer():
     # the entry point is what registers it: with verl's plugin loading off, nothing is there
     off = _fresh_python(code, VERL_USE_EXTERNAL_PLUGINS="none")
     assert off == "None PPOTrainerSync False False"
+    # importing the plugin first (it imports verl, which loads the plugin) works as well
+    first = _fresh_python("import sppo_bench.verl_plugin\n" + code)
+    assert first == "sppo_bench.verl_plugin SPPOTrainerSync False False"
 
 
 def test_sync_mode_returns_the_plugin_trainer():
