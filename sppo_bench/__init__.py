@@ -1,10 +1,9 @@
 """sppo-bench: sequence-level PPO (SPPO) and its baselines on sparse-reward control and LLM math.
 
-Importing the package registers the control suite's Gymnasium environments (``sppo_bench/...``).
+Importing the package imports nothing heavy: the algorithm core is :mod:`sppo_bench.core`, the
+control track (which registers its Gymnasium environments ``sppo_bench/...``) is
+:mod:`sppo_bench.control`, the LLM track :mod:`sppo_bench.llm`, and the verl plugin
+:mod:`sppo_bench.verl_plugin`.
 """
 
 __version__ = "0.1.0"
-
-from sppo_bench.control.tasks import register_tasks as _register_tasks  # noqa: E402
-
-_register_tasks()

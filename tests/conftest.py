@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 from synthetic_runs import write_run, write_suite
 
+# tests/verl needs verl 0.9.1, which pins its own torch: `.ci/run` runs it in its own environment
+# (.venv-verl). The main run does not collect it.
+collect_ignore = ["verl"]
+
 
 @pytest.fixture(scope="session")
 def synthetic_runs_dir(tmp_path_factory):

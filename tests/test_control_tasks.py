@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import sppo_bench  # noqa: F401  (registers the environments)
+import sppo_bench.control  # noqa: F401  (registers the environments)
 from sppo_bench.control import rules
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import EpisodeVectorEnv, make_vector_env, resolve_backend

@@ -10,7 +10,7 @@ where ``r_t = 1``. The success rules themselves live in :mod:`sppo_bench.control
 - Every step's ``info["success"]`` is a bool; on the final step it equals the reward.
 - Continuous actions are clipped to the action bounds before they reach the base env.
 
-Importing :mod:`sppo_bench` registers the ids ``sppo_bench/<Name>-v0`` (see ``TASKS``).
+Importing :mod:`sppo_bench.control` registers the ids ``sppo_bench/<Name>-v0`` (see ``TASKS``).
 """
 
 from __future__ import annotations
