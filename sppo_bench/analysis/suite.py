@@ -33,7 +33,7 @@ from sppo_bench.config import read_yaml
 from sppo_bench.errors import UserError
 
 ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "envs" / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "specs" / "profiles"  # envs/profiles
 EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval interval overrides
 EXECUTORS = ("local", "ray")
 

@@ -24,7 +24,9 @@ from sppo_bench.config import (
 )
 from sppo_bench.control.tasks import get_task
 
-ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
+# ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
+# non-editable install (``pip install .``) finds the specs too.
+ENVS_DIR = Path(__file__).resolve().parents[1] / "specs"
 
 
 @dataclass
