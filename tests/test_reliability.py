@@ -388,3 +388,37 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, bad_input_base, t
     assert err.startswith("sppo-bench: error: ") and "\n" not in err, err
     assert len(err) < 400
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+
+
+def test_ctrl_c_stops_the_suite_and_its_workers_within_seconds(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "sleepy.py").write_text(SLEEPY_RUNS)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    runs_dir = tmp_path / "runs"
+    suite = subprocess.Popen(
+        [sys.executable, "-c", SUITE_MAIN, str(runs_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    deadline = time.monotonic() + 120
+    pids: list[int] = []
+    while time.monotonic() < deadline and len(pids) < 2:
+        pids = [int(p.read_text()) for p in runs_dir.glob("worker-*.pid") if p.read_text()]
+        time.sleep(0.2)
+    assert len(pids) == 2, "the workers did not start"
+    start = time.monotonic()
+    os.killpg(suite.pid, signal.SIGINT)  # what Ctrl-C sends
+    suite.wait(timeout=30)
+    assert time.monotonic() - start < 5
+    deadline = time.monotonic() + 5
+    while [p for p in pids if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)]
+    assert "mountaincar: expert and clone ready" in suite.stdout.read()  # progress lines

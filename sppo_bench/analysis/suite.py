@@ -287,6 +287,12 @@ class _PoolExecutor(_InlineExecutor):
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def kill(self) -> None:
+        """Stop at once (Ctrl-C): running runs die; a rerun resumes them from checkpoints."""
+        for process in list(getattr(self.pool, "_processes", {}).values()):
+            process.kill()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
 
 class _RayExecutor:
     """Ray tasks (one CPU each) on a local instance or the cluster at ``address``."""
@@ -389,10 +395,13 @@ def run_suite(
     progress = workers == 1 and executor == "local"
     jobs: dict[Any, tuple[str, Any]] = {}
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="suite runs", unit="run")
+    started = {}
     try:
         for task in todo:
             overrides = stage_overrides(todo[task][0])
             jobs[pool.submit(execute_clone, clone_fn, task, runs_dir, overrides)] = ("clone", task)
+            started[task] = time.monotonic()
+            bar.write(f"{task}: expert and clone stages started (cached stages are reused)")
         while jobs:
             for handle in pool.wait_any(list(jobs)):
                 kind, item = jobs.pop(handle)
@@ -401,11 +410,15 @@ def run_suite(
                     error = None
                 except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
                     error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                took = time.monotonic() - started.pop(item if kind == "clone" else str(item))
                 if kind == "clone":
+                    status = "ready" if error is None else f"FAILED: {error}"
+                    bar.write(f"{item}: expert and clone {status} ({took:.0f} s)")
                     for spec in todo[item]:
                         if error is None:
                             job = pool.submit(execute_run, run_fn, spec, runs_dir, progress)
                             jobs[job] = ("run", spec)
+                            started[str(spec)] = time.monotonic()
                         else:
                             result.failed.append((spec, f"clone stage failed: {error}"))
                             bar.update(1)
@@ -414,7 +427,11 @@ def run_suite(
                         result.finished.append(item)
                     else:
                         result.failed.append((item, error))
+                    bar.write(f"{item}: {'done' if error is None else 'FAILED'} ({took:.0f} s)")
                     bar.update(1)
+    except KeyboardInterrupt:
+        getattr(pool, "kill", pool.shutdown)()
+        raise
     finally:
         bar.close()
         pool.shutdown()
