@@ -211,6 +211,17 @@ class SampledLogProbs(LogitsProcessor):
         return out
 
 
+def generation_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen copy of ``model`` in ``dtype`` on the same device, made parameter by parameter
+    (the deep copy is handed each parameter already cast, so no second full-precision copy of
+    the weights ever exists)."""
+    memo = {
+        id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo).to(dtype).eval()
+
+
 class HFEngine:
     """Batched ``model.generate`` with a KV cache.
 
@@ -235,7 +246,7 @@ class HFEngine:
     ) -> None:
         self.model = model
         if dtype is not None and dtype != next(model.parameters()).dtype:
-            self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+            self.model = generation_copy(model, dtype)
         self.tokenizer = tokenizer
         self.generation_batch_size = generation_batch_size
         self.static_cache = static_cache
