@@ -422,3 +422,37 @@ def test_ctrl_c_stops_the_suite_and_its_workers_within_seconds(tmp_path):
         time.sleep(0.1)
     assert not [p for p in pids if _alive(p)]
     assert "mountaincar: expert and clone ready" in suite.stdout.read()  # progress lines
+
+
+def test_kill_9_of_a_real_suite_then_a_rerun_gives_each_row_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    profile = _profile(tmp_path / "p.yaml", 96)  # 24 updates: still running when killed
+    profile_text = (tmp_path / "p.yaml").read_text().replace("seeds: 1", "seeds: 2")
+    (tmp_path / "p.yaml").write_text(profile_text)
+    cmd = [sys.executable, "-m", "sppo_bench.cli", "suite", "run", "--profile", profile]
+    cmd += ["--runs-dir", str(runs), "--workers", "2"]
+    suite = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = [runs / f"control/mountaincar/sppo/seed{s}/metrics.jsonl" for s in (0, 1)]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if all(m.is_file() and m.read_text().count("\n") >= 2 for m in metrics):
+            break
+        time.sleep(0.2)
+    suite.send_signal(signal.SIGKILL)
+    suite.wait()
+    assert not any((m.parent / "done").exists() for m in metrics)  # killed mid-run
+    time.sleep(1.0)  # the orphaned workers, if any, would go on writing now
+    sizes = [m.stat().st_size for m in metrics]
+    time.sleep(1.0)
+    assert [m.stat().st_size for m in metrics] == sizes, "workers outlived the suite"
+    assert (
+        main(["suite", "run", "--profile", profile, "--runs-dir", str(runs), "--workers", "2"]) == 0
+    )
+    for m in metrics:
+        updates = [json.loads(x)["update"] for x in m.read_text().splitlines()]
+        assert updates == list(range(25))  # every update once, in order
