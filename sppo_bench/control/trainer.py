@@ -168,6 +168,27 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
 
     # --- the loop ------------------------------------------------------------------------
+    def update(
+        self,
+        data: BatchTensors,
+        group_ids: torch.Tensor | None,
+        baseline: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> dict[str, float | None]:
+        """One RL update of this run's policy and critic with its optimisers on ``data``."""
+        return ppo_update(
+            self.policy,
+            self.critic,
+            self.policy_opt,
+            self.critic_opt,
+            self.estimator,
+            self.spec.rl,
+            data,
+            group_ids,
+            baseline,
+            generator,
+        )
+
     def step(self, update: int) -> dict[str, Any]:
         """Collect one batch of whole episodes and update; returns the metrics row."""
         start = time.time()
@@ -184,18 +205,7 @@ class Trainer:
         if self.estimator.needs_greedy_baseline:
             baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
         data = BatchTensors.from_batch(sampled, self.policy.discrete)
-        stats = ppo_update(
-            self.policy,
-            self.critic,
-            self.policy_opt,
-            self.critic_opt,
-            self.estimator,
-            self.spec.rl,
-            data,
-            group_ids,
-            baseline,
-            generator,
-        )
+        stats = self.update(data, group_ids, baseline, generator)
         elapsed = time.time() - start
         self.state["update"] = update
         self.state["episodes"] += len(sampled.lengths)
