@@ -81,7 +81,7 @@ BUGS = (
     Bug(
         "llm-estimator-params-dropped",
         "sppo_bench/llm/trainer.py",
-        r"\*\*self\._estimator_params\(\),",
+        r"\*\*self\.spec\.configured_params\(cfg\.algo\.estimator_params\),",
         "",
         LLM_TESTS,
     ),

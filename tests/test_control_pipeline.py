@@ -9,7 +9,8 @@ import yaml
 
 from sppo_bench.cli import main
 from sppo_bench.control.tasks import TASKS
-from sppo_bench.control.trainer import ALGOS, Trainer, train_run
+from sppo_bench.control.trainer import Trainer, train_run
+from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 
 TINY_EXPERT = [
@@ -86,7 +87,7 @@ def test_rl_smoke_every_task(runs, task):
     assert yaml.safe_load((run / "config.yaml").read_text())["algo"] == algo
 
 
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", algorithm_names())
 def test_every_estimator_runs(runs, algo):
     out = train_run(
         "cartpole",

@@ -60,7 +60,7 @@ def test_sgd_policy_step_is_the_policy_gradient(first, lr, normalize_std):
     trainer, batches = _trainer(
         "grpo",
         "algo.n_samples=4",
-        f"algo.grpo_normalize_std={normalize_std}",
+        f"algo.estimator_params.grpo.normalize_std={normalize_std}",
         f"actor.lr={lr}",
         reward_fn=_alternating(first),
     )
@@ -105,7 +105,10 @@ def _gae(reward, values, mask, gamma, lam):
 @pytest.mark.parametrize("gamma, lam", [(0.9, 0.5), (1.0, 1.0)])
 def test_gae_parameters_reach_the_estimator_and_the_critic_learns(gamma, lam):
     trainer, batches = _trainer(
-        "ppo-gae", f"algo.gamma={gamma}", f"algo.lam={lam}", reward_fn=_alternating(1.0)
+        "ppo-gae",
+        f"algo.estimator_params.ppo-gae.gamma={gamma}",
+        f"algo.lam={lam}",  # the old key still reads into estimator_params
+        reward_fn=_alternating(1.0),
     )
     critic = copy.deepcopy(trainer.critic).eval()
     with torch.no_grad():  # a non-zero head, so that V enters the GAE sums

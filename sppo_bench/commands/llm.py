@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from sppo_bench.config import load_config
+from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 
 
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--recipe", required=True, help="recipe YAML (see llm/)")
-        p.add_argument("--algo", help="estimator: sppo, ppo-gae, grpo, rloo, remax, reinforce")
+        p.add_argument("--algo", help=f"estimator: {', '.join(algorithm_names())}")
         p.add_argument(
             "--set",
             dest="overrides",

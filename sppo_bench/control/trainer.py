@@ -39,25 +39,14 @@ from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
 from sppo_bench.control.update import BatchTensors, critic_values, ppo_update
-from sppo_bench.core import EstimatorSpec, get_estimator
+from sppo_bench.core import get_estimator
 from sppo_bench.errors import UserError
 from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json
 
-ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
-_ALGO_OF_ESTIMATOR = {"gae": "ppo-gae"}
-
-
-def resolve_algo(algo: str) -> tuple[str, EstimatorSpec]:
-    """(run-folder name, estimator) for an algorithm name; a one-line error lists the valid."""
-    if algo not in ALGOS and algo not in ("gae", "ppo"):
-        raise UserError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
-    spec = get_estimator(algo)
-    return _ALGO_OF_ESTIMATOR.get(spec.name, spec.name), spec
-
 
 def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
-    """``runs/control/<task>/<algo>/seed<seed>``."""
-    return stage_dir(runs_dir, task, resolve_algo(algo)[0]) / f"seed{seed}"
+    """``runs/control/<task>/<run name of algo>/seed<seed>``."""
+    return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
 
 
 def _update_generator(seed: int, update: int, stream: int) -> torch.Generator:
@@ -70,7 +59,8 @@ class Trainer:
 
     def __init__(self, spec: TaskSpec, algo: str, seed: int, run_dir: Path, clone: Path) -> None:
         self.spec, self.seed, self.run_dir = spec, seed, run_dir
-        self.algo, self.estimator = resolve_algo(algo)
+        self.estimator = get_estimator(algo)
+        self.algo = self.estimator.run_name
         cfg = spec.rl
         self.horizon = get_task(spec.task).horizon
         self.batch = cfg.trajectories_per_update
@@ -300,7 +290,7 @@ def train_run(
     makes ceil(episodes / trajectories_per_update) updates.
     """
     torch.set_num_threads(1)
-    name, _ = resolve_algo(algo)
+    name = get_estimator(algo).run_name
     spec = load_spec(task, overrides)
     if episodes is not None:
         spec.rl.episodes = episodes
@@ -325,4 +315,4 @@ def train_run(
     return run_dir
 
 
-__all__ = ["ALGOS", "Trainer", "resolve_algo", "run_dir_for", "train_run"]
+__all__ = ["Trainer", "run_dir_for", "train_run"]

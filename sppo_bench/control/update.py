@@ -63,14 +63,6 @@ class BatchTensors:
         )
 
 
-def estimator_params(cfg: RLConfig, spec: EstimatorSpec) -> dict:
-    """``rl.estimator_params`` for this estimator, looked up by its name or any alias."""
-    for key in (spec.name, *spec.aliases):
-        if key in cfg.estimator_params:
-            return dict(cfg.estimator_params[key])
-    return {}
-
-
 def critic_values(critic: ValueNet | None, kind: str, obs: Tensor) -> Tensor | None:
     """The critic's output on a batch: logits ``[B]`` on s_0 (sequence) or ``[B, T]`` (step)."""
     if critic is None:
@@ -105,7 +97,8 @@ def ppo_update(
         group_ids=group_ids,
         baseline_rewards=baseline_rewards,
     )
-    out = compute_advantages(estimator.name, inputs, **estimator_params(cfg, estimator))
+    params = estimator.configured_params(cfg.estimator_params)
+    out = compute_advantages(estimator.name, inputs, **params)
     advantages = out.advantages.detach()
     stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "entropy", "kl", "clip")}
     for _ in range(cfg.epochs):

@@ -230,7 +230,7 @@ class LLMTrainer:
                 group_ids=batch.prompt_index,
                 baseline_rewards=baseline,
             ),
-            **self._estimator_params(),
+            **self.spec.configured_params(cfg.algo.estimator_params),
         )
         times["time_update"] = self._clock() - t0
 
@@ -300,14 +300,6 @@ class LLMTrainer:
         scale = min(1.0, (updates_before + 1) / a.warmup_steps) if a.warmup_steps > 0 else 1.0
         for group in self.actor_opt.param_groups:
             group["lr"] = a.lr * scale
-
-    def _estimator_params(self) -> dict[str, object]:
-        a = self.cfg.algo
-        return {
-            "gae": {"gamma": a.gamma, "lam": a.lam},
-            "grpo": {"normalize_std": a.grpo_normalize_std},
-            "reinforce": {"baseline": a.reinforce_baseline},
-        }.get(self.spec.name, {})
 
     # ----------------------------------------------------------------- checkpoints
     @property
