@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from sppo_bench.core import CRITICS
 from sppo_bench.llm.models import SequenceCritic, TokenCritic, response_log_probs
 from sppo_bench.llm.rollout import HFEngine, RolloutBatch, eos_response_mask, left_pad
 from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
@@ -131,7 +132,9 @@ def test_critic_micro_batches_equal_the_full_mini_batch(tok, model, kind):
     for micro in (1, 6):
         c = copy.deepcopy(critic)
         opt = torch.optim.SGD(c.parameters(), lr=1.0)
-        critic_update(c, kind, opt, batch, targets, old, 6, micro, value_clip=None, grad_clip=1e9)
+        critic_update(
+            c, CRITICS[kind], opt, batch, targets, old, 6, micro, value_clip=None, grad_clip=1e9
+        )
         deltas.append(_params(c) - _params(critic))
     assert deltas[0].abs().max() > 0
     assert torch.allclose(deltas[0], deltas[1], atol=1e-6, rtol=1e-4)

@@ -76,7 +76,7 @@ class Trainer:
         self.policy: Policy = load_policy(clone, spec)
         self.critic: ValueNet | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
-        if self.estimator.critic != "none":
+        if self.estimator.critic_strategy is not None:
             self.critic = ValueNet(
                 self.policy.obs_mean.numel(), spec.policy.critic_hidden, spec.policy.activation
             )
@@ -139,20 +139,19 @@ class Trainer:
 
     def write_values(self, update: int, episodes: Any) -> None:
         obs = torch.as_tensor(episodes.obs, dtype=torch.float32)
+        strategy = self.estimator.critic_strategy
         with torch.no_grad():
-            out = critic_values(self.critic, self.estimator.critic, obs)
+            out = critic_values(self.critic, strategy, obs)
         arrays: dict[str, np.ndarray] = {
             "success": episodes.success.astype(bool),
             "lengths": episodes.lengths.astype(np.int64),
+            "v0": strategy.start_values(out).numpy().astype(np.float32),
         }
-        if self.estimator.critic == "sequence":
-            arrays["v0"] = torch.sigmoid(out).numpy().astype(np.float32)
-        else:
+        if strategy.per_step:  # V(s_t) of every step, NaN after the episode's end
             values = np.full((len(episodes.lengths), self.horizon), np.nan, dtype=np.float32)
             steps = out.shape[1]
             values[:, :steps] = np.where(episodes.mask > 0, out.numpy(), np.nan)
             arrays["values"] = values
-            arrays["v0"] = values[:, 0].copy()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())

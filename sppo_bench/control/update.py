@@ -7,10 +7,10 @@ nothing follows the terminal reward), so every row is passed to the estimator as
 
 Per estimator, the trainer only consults ``EstimatorSpec``:
 
-- ``critic == "sequence"`` (SPPO): a critic on s_0 gives the logit v, V(s_0) = sigmoid(v);
-  loss = BCE(v, R) (``bce_value_loss``).
-- ``critic == "step"`` (PPO-GAE): a critic V(s_t) per step; loss = 0.5 (V - G_t)^2 with the
-  estimator's returns G_t (``clipped_value_loss``, no clipping).
+- ``critic_strategy`` (:mod:`sppo_bench.core.critics`): which states the critic reads (s_0 for
+  SPPO's sequence critic, every s_t for PPO-GAE's step critic), the advantage input its old
+  outputs fill, and its loss (BCE(v, R); 0.5 (V - G_t)^2 with the estimator's returns G_t, no
+  clipping here);
 - ``needs_groups`` / ``needs_greedy_baseline``: ``group_ids`` / ``baseline_rewards`` are filled
   by the caller's rollout.
 
@@ -20,7 +20,6 @@ The policy loss is the clipped surrogate of :mod:`sppo_bench.core.losses` over a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +31,11 @@ from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import RLConfig
 from sppo_bench.core import (
     AdvantageInput,
+    CriticStrategy,
     EstimatorSpec,
     aggregate,
-    bce_value_loss,
     clipped_policy_loss,
-    clipped_value_loss,
     compute_advantages,
-    explained_variance,
 )
 
 
@@ -63,11 +60,13 @@ class BatchTensors:
         )
 
 
-def critic_values(critic: ValueNet | None, kind: str, obs: Tensor) -> Tensor | None:
-    """The critic's output on a batch: logits ``[B]`` on s_0 (sequence) or ``[B, T]`` (step)."""
-    if critic is None:
+def critic_values(
+    critic: ValueNet | None, strategy: CriticStrategy | None, obs: Tensor
+) -> Tensor | None:
+    """The critic's raw output on ``obs [B, T, d]``: ``[B]`` on s_0 or ``[B, T]`` (strategy)."""
+    if critic is None or strategy is None:
         return None
-    return critic(obs[:, 0]) if kind == "sequence" else critic(obs)
+    return critic(strategy.states(obs))
 
 
 def ppo_update(
@@ -85,17 +84,17 @@ def ppo_update(
     """Advantages through the core estimator, then clipped-PPO epochs; returns the loss and
     critic diagnostics (``None`` where there is no critic)."""
     bsz = data.obs.shape[0]
+    strategy = estimator.critic_strategy
     with torch.no_grad():
         old_log_probs, _ = policy.log_prob_entropy(data.obs, data.actions)
-        old_critic = critic_values(critic, estimator.critic, data.obs)
+        old_critic = critic_values(critic, strategy, data.obs)
     inputs = AdvantageInput(
         rewards=data.rewards,
         mask=data.mask,
-        values=old_critic if estimator.critic == "step" else None,
         terminated=torch.ones(bsz, dtype=torch.bool),
-        value_logits=old_critic if estimator.critic == "sequence" else None,
         group_ids=group_ids,
         baseline_rewards=baseline_rewards,
+        **(strategy.advantage_inputs(old_critic) if strategy else {}),
     )
     params = estimator.configured_params(cfg.estimator_params)
     out = compute_advantages(estimator.name, inputs, **params)
@@ -125,14 +124,11 @@ def ppo_update(
             stats["entropy"].append(entropy_mean.detach().item())
             stats["kl"].append(float(pl.approx_kl))
             stats["clip"].append(float(pl.clip_fraction))
-            if critic is not None and critic_opt is not None:
-                pred = critic_values(critic, estimator.critic, data.obs[idx])
-                if estimator.critic == "sequence":
-                    value_loss = bce_value_loss(pred, out.value_targets[idx])
-                else:
-                    value_loss = clipped_value_loss(
-                        pred, old_critic[idx], out.value_targets[idx], mask, None, cfg.aggregation
-                    )
+            if critic is not None and critic_opt is not None and strategy is not None:
+                pred = critic_values(critic, strategy, data.obs[idx])
+                value_loss = strategy.loss(
+                    pred, old_critic[idx], out.value_targets[idx], mask, None, cfg.aggregation
+                )
                 critic_opt.zero_grad()
                 value_loss.backward()
                 torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
@@ -147,13 +143,6 @@ def ppo_update(
         "value/mean": None,
         "value/explained_variance": None,
     }
-    if old_critic is not None:
-        if estimator.critic == "sequence":
-            v0 = torch.sigmoid(old_critic)
-            result["value/mean"] = float(v0.mean())
-            ev = explained_variance(v0, out.value_targets)
-        else:
-            result["value/mean"] = float((old_critic * data.mask).sum() / data.mask.sum())
-            ev = explained_variance(old_critic, out.value_targets, data.mask)
-        result["value/explained_variance"] = None if math.isnan(ev) else ev
+    if old_critic is not None and strategy is not None:
+        result.update(strategy.diagnostics(old_critic, out.value_targets, data.mask))
     return result

@@ -11,6 +11,7 @@ from sppo_bench.core.advantages import (
     sequence_rewards,
     valid_estimator_names,
 )
+from sppo_bench.core.critics import CRITICS, CriticStrategy
 from sppo_bench.core.losses import (
     AGGREGATIONS,
     aggregate,
@@ -24,6 +25,8 @@ from sppo_bench.core.losses import (
 
 __all__ = [
     "AGGREGATIONS",
+    "CRITICS",
+    "CriticStrategy",
     "ESTIMATORS",
     "AdvantageInput",
     "AdvantageOutput",

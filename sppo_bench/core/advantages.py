@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sppo_bench.core.critics import CRITICS, CriticStrategy
 from sppo_bench.errors import UserError
 
 __all__ = [
@@ -114,6 +115,11 @@ class EstimatorSpec:
     aliases: tuple[str, ...]
     run_name: str
     params: dict[str, object] = field(hash=False)
+
+    @property
+    def critic_strategy(self) -> CriticStrategy | None:
+        """The critic this estimator trains (``sppo_bench.core.critics``), or None."""
+        return CRITICS.get(self.critic)
 
     def configured_params(self, table: Mapping[str, Mapping[str, object]]) -> dict[str, object]:
         """``params`` updated by ``table[name or alias]`` of a config's per-estimator table

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sppo_bench.core.critics import SEQUENCE, STEP
 from sppo_bench.llm.data import Problem, build_prompt
 from sppo_bench.llm.rollout import HFEngine, RolloutBatch
 from sppo_bench.llm.update import critic_predictions
@@ -80,7 +81,7 @@ def token_value_traces(
     """
     batch = _sample(policy, tokenizer, problems, 1, temperature, max_new_tokens, seed)
     rewards = _rewards(batch, problems, reward_fn)
-    values = critic_predictions(critic, "step", batch, micro_batch_size)
+    values = critic_predictions(critic, STEP, batch, micro_batch_size)
     lengths = batch.response_mask.sum(dim=1).tolist()
     return [
         {"reward": r, "values": [round(float(v), 5) for v in values[i, :n]]}
@@ -105,7 +106,7 @@ def sequence_calibration(
     batch = _sample(policy, tokenizer, problems, k, temperature, max_new_tokens, seed)
     rewards = torch.tensor(_rewards(batch, problems, reward_fn))
     first = torch.arange(0, len(batch), k)  # rows are prompt-major: prompt j at rows j*k...
-    logits = critic_predictions(critic, "sequence", batch.select(first), micro_batch_size)
+    logits = critic_predictions(critic, SEQUENCE, batch.select(first), micro_batch_size)
     return [
         {
             "id": problem.id,

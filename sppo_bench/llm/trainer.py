@@ -101,7 +101,7 @@ class LLMTrainer:
         self.policy = load_policy(m.policy, self.tokenizer, m.dtype, cfg.train.seed, self.device)
         self.policy.to(self.device)
         self.critic = build_critic(
-            self.spec.critic,
+            self.spec.critic_strategy,
             cfg.critic.model,
             self.tokenizer,
             m.dtype,
@@ -201,11 +201,12 @@ class LLMTrainer:
         reward = reward.to(self.device)
         mask = batch.response_mask.float()
         micro = cfg.train.micro_batch_size
+        critic = self.spec.critic_strategy
         t0 = self._clock()
         predictions = None
         if self.critic is not None:
             predictions = critic_predictions(
-                self.critic, self.spec.critic, batch, micro, self.autocast
+                self.critic, self.spec.critic_strategy, batch, micro, self.autocast
             )
         times["time_critic"] = self._clock() - t0
 
@@ -225,10 +226,9 @@ class LLMTrainer:
             AdvantageInput(
                 rewards=rewards,
                 mask=mask,
-                values=predictions if self.spec.critic == "step" else None,
-                value_logits=predictions if self.spec.critic == "sequence" else None,
                 group_ids=batch.prompt_index,
                 baseline_rewards=baseline,
+                **(critic.advantage_inputs(predictions) if critic else {}),
             ),
             **self.spec.configured_params(cfg.algo.estimator_params),
         )
@@ -240,11 +240,11 @@ class LLMTrainer:
             row.update(
                 critic_update(
                     self.critic,
-                    self.spec.critic,
+                    critic,
                     self.critic_opt,
                     batch,
                     out.value_targets,
-                    predictions if self.spec.critic == "step" else None,
+                    predictions,
                     rows_per_mini,
                     micro,
                     value_clip=cfg.algo.value_clip,
@@ -254,7 +254,7 @@ class LLMTrainer:
                     autocast=self.autocast,
                 )
             )
-            row.update(_calibration(predictions, self.spec.critic, reward))
+            row.update(_calibration(critic.start_values(predictions), reward))
             times["time_critic"] += self._clock() - t0
 
         if step >= cfg.critic.warmup_steps or self.critic is None:
@@ -371,9 +371,8 @@ class LLMTrainer:
             self.verifier.close()
 
 
-def _calibration(predictions: torch.Tensor, kind: str, reward: torch.Tensor) -> dict[str, float]:
-    """Brier score and mean V vs mean R of the critic's pre-update V(s_0)."""
-    v = torch.sigmoid(predictions) if kind == "sequence" else predictions[:, 0]
+def _calibration(v: torch.Tensor, reward: torch.Tensor) -> dict[str, float]:
+    """Brier score and mean V vs mean R of the critic's pre-update V(s_0) ``v`` ``[B]``."""
     return {
         "critic_brier": float(((v - reward) ** 2).mean()),
         "value_mean": float(v.mean()),

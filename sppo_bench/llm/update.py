@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from sppo_bench.core import aggregate, bce_value_loss, clipped_policy_loss, clipped_value_loss
+from sppo_bench.core import CriticStrategy, aggregate, clipped_policy_loss
 from sppo_bench.llm.models import response_log_probs
 from sppo_bench.llm.rollout import RolloutBatch
 
@@ -60,26 +60,19 @@ def policy_log_probs(
 @torch.no_grad()
 def critic_predictions(
     critic: nn.Module,
-    kind: str,
+    strategy: CriticStrategy,
     batch: RolloutBatch,
     micro_batch_size: int,
     autocast: AutocastFactory = no_autocast,
 ) -> Tensor:
     """Sequence critic: ``[B]`` logits v. Step critic: ``[B, T]`` values (0 on padding)."""
     critic.eval()
-    if kind == "sequence":
-        out = torch.zeros(len(batch), device=batch.prompt_ids.device)
-    else:
-        out = torch.zeros_like(batch.log_probs)
+    shape = strategy.output_shape(len(batch), batch.log_probs.shape[1])
+    out = torch.zeros(shape, device=batch.log_probs.device)
     for rows in chunks(torch.arange(len(batch)), micro_batch_size):
         sub = batch.select(rows)
         with autocast():
-            if kind == "sequence":
-                out[rows.to(out.device)] = critic(sub.prompt_ids, sub.prompt_mask).float()
-            else:
-                t = sub.response_ids.shape[1]
-                values = critic(sub.input_ids(), sub.attention_mask(), t).float()
-                out[rows.to(out.device), :t] = values * sub.response_mask
+            strategy.put(out, rows.to(out.device), critic.predict(sub).float(), sub.response_mask)
     return out
 
 
@@ -147,7 +140,7 @@ def policy_update(
 
 def critic_update(
     critic: nn.Module,
-    kind: str,
+    strategy: CriticStrategy,
     optimizer: torch.optim.Optimizer,
     batch: RolloutBatch,
     targets: Tensor,
@@ -160,8 +153,9 @@ def critic_update(
     epochs: int = 1,
     autocast: AutocastFactory = no_autocast,
 ) -> dict[str, float]:
-    """Sequence critic: BCE(v, R) with ``targets`` ``[B]``. Step critic: clipped squared error
-    against the returns ``targets`` ``[B, T]`` (``old_values`` ``[B, T]`` for the clip)."""
+    """``strategy.loss`` steps: BCE(v, R) with ``targets`` ``[B]`` (sequence critic), or the
+    clipped squared error against the returns ``targets`` ``[B, T]`` with ``old_values``
+    ``[B, T]`` for the clip (step critic)."""
     critic.train()
     losses, norms = [], []
     for _ in range(epochs):
@@ -170,23 +164,19 @@ def critic_update(
             mini_loss = 0.0
             for rows in chunks(mini, micro_batch_size):
                 sub = batch.select(rows)
+                t = sub.response_ids.shape[1]
                 with autocast():
-                    if kind == "sequence":
-                        logits = critic(sub.prompt_ids, sub.prompt_mask).float()
-                        loss = bce_value_loss(logits, targets[rows]) * (len(rows) / len(mini))
-                    else:
-                        t = sub.response_ids.shape[1]
-                        values = critic(sub.input_ids(), sub.attention_mask(), t).float()
-                        loss = clipped_value_loss(
-                            values,
-                            old_values[rows, :t],
-                            targets[rows, :t],
-                            sub.response_mask,
-                            clip=value_clip,
-                            aggregation=aggregation,
-                            global_tokens=tokens,
-                            global_seqs=seqs,
-                        )
+                    loss = strategy.loss(
+                        critic.predict(sub).float(),
+                        strategy.take(old_values, rows, t),
+                        strategy.take(targets, rows, t),
+                        sub.response_mask,
+                        clip=value_clip,
+                        aggregation=aggregation,
+                        global_tokens=tokens,
+                        global_seqs=seqs,
+                        row_share=len(rows) / len(mini),
+                    )
                 loss.backward()
                 mini_loss += float(loss.detach())
             losses.append(mini_loss)
