@@ -73,9 +73,9 @@ def test_train_checkpoint_and_resume_reproduce_an_uninterrupted_run(tmp_path, al
     for key in (
         "reward_mean",
         "response_length_mean",
-        "approx_kl",
-        "clip_fraction",
-        "entropy",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/entropy",
         "verifier_scored",
         "verifier_timeouts",
         "verifier_parse_failures",
@@ -91,7 +91,7 @@ def test_train_checkpoint_and_resume_reproduce_an_uninterrupted_run(tmp_path, al
         # the critic starts at V = 0.5 and learns; the advantage R - V is non-zero, so the
         # policy moves
         assert row["value_mean"] == pytest.approx(0.5)
-        assert straight[-1]["critic_brier"] != row["critic_brier"]
+        assert straight[-1]["critic_brier"] != row["critic_brier"] and "losses/value" in row
         assert changed
     assert row["rollout_log_prob_gap"] < 1e-4
 
@@ -117,7 +117,7 @@ def test_every_estimator_runs_a_step(tmp_path, algo):
     if algo in ("rloo", "remax"):
         assert "kl_ref" in row and trainer.cfg.algo.kl_coef == 0.001
     if algo == "ppo-gae":
-        assert "critic_loss" in row and trainer.critic is not None
+        assert "losses/value" in row and trainer.critic is not None
 
 
 def test_cli_train_then_evaluate(tmp_path, capsys):

@@ -38,8 +38,9 @@ from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.update import BatchTensors, critic_values, ppo_update
+from sppo_bench.control.update import RESULT_KEYS, BatchTensors, critic_values, ppo_update
 from sppo_bench.core import get_estimator
+from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_bytes, atomic_write_json
 
@@ -47,11 +48,6 @@ from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_bytes, 
 def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
     """``runs/control/<task>/<run name of algo>/seed<seed>``."""
     return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
-
-
-def _update_generator(seed: int, update: int, stream: int) -> torch.Generator:
-    key = np.random.SeedSequence([seed, update, stream]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(key))
 
 
 class Trainer:
@@ -129,7 +125,7 @@ class Trainer:
     def evaluation(self, update: int) -> dict[str, float]:
         """Deterministic and stochastic success on the fixed evaluation start states; writes
         the critic's values on the stochastic episodes."""
-        generator = _update_generator(self.seed, update, 1)
+        generator = step_generator(self.seed, update, 1)
         det, sto, episodes = evaluate(
             self.eval_env, self.policy, self.spec.rl.n_eval, self.horizon, generator
         )
@@ -185,7 +181,7 @@ class Trainer:
         greedy = np.zeros(len(seeds), dtype=bool)
         if self.estimator.needs_greedy_baseline:
             seeds, greedy = np.concatenate([seeds, seeds]), np.concatenate([greedy, ~greedy])
-        generator = _update_generator(self.seed, update, 0)
+        generator = step_generator(self.seed, update, 0)
         episodes = collect_episodes(
             self.train_env, policy_actor(self.policy, greedy, generator), seeds, self.horizon
         )
@@ -259,14 +255,7 @@ class Trainer:
 
 
 def _empty_losses() -> dict[str, Any]:
-    keys = ("policy", "value", "entropy", "approx_kl", "clipfrac")
-    return {
-        "train/success_rate": None,
-        **{f"losses/{k}": None for k in keys},
-        "value/mean": None,
-        "value/explained_variance": None,
-        "charts/SPS": None,
-    }
+    return {"train/success_rate": None, **dict.fromkeys(RESULT_KEYS), "charts/SPS": None}
 
 
 def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:

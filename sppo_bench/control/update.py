@@ -20,23 +20,17 @@ The policy loss is the clipped surrogate of :mod:`sppo_bench.core.losses` over a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sppo_bench.control.collector import EpisodeBatch
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import RLConfig
-from sppo_bench.core import (
-    AdvantageInput,
-    CriticStrategy,
-    EstimatorSpec,
-    aggregate,
-    clipped_policy_loss,
-    compute_advantages,
-)
+from sppo_bench.core import AdvantageInput, CriticStrategy, EstimatorSpec, compute_advantages
+from sppo_bench.core.ppo import PPOSettings, critic_phase, minibatch_schedule, policy_phase
 
 
 @dataclass
@@ -99,50 +93,59 @@ def ppo_update(
     params = estimator.configured_params(cfg.estimator_params)
     out = compute_advantages(estimator.name, inputs, **params)
     advantages = out.advantages.detach()
-    stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "entropy", "kl", "clip")}
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(bsz, generator=generator)
-        for idx in perm.chunk(min(cfg.minibatches, bsz)):
-            mask = data.mask[idx]
-            log_probs, entropy = policy.log_prob_entropy(data.obs[idx], data.actions[idx])
-            pl = clipped_policy_loss(
-                log_probs,
-                old_log_probs[idx],
-                advantages[idx],
-                mask,
-                clip_eps=cfg.clip_eps,
-                dual_clip=cfg.dual_clip,
-                aggregation=cfg.aggregation,
+    settings = ppo_settings(cfg)
+    rows = math.ceil(bsz / min(cfg.minibatches, bsz))  # torch.chunk's piece size
+    schedule = minibatch_schedule(bsz, cfg.epochs, rows, generator)
+    result: dict[str, float | None] = dict.fromkeys(RESULT_KEYS)
+    if critic is not None and critic_opt is not None and strategy is not None:
+        result.update(
+            critic_phase(
+                lambda idx: critic_values(critic, strategy, data.obs[idx]),
+                strategy,
+                list(critic.parameters()),
+                critic_opt,
+                schedule,
+                out.value_targets,
+                old_critic,
+                data.mask,
+                settings,
             )
-            entropy_mean = aggregate(entropy, mask, cfg.aggregation)
-            loss = pl.loss - cfg.ent_coef * entropy_mean
-            policy_opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            policy_opt.step()
-            stats["policy"].append(pl.loss.detach().item())
-            stats["entropy"].append(entropy_mean.detach().item())
-            stats["kl"].append(float(pl.approx_kl))
-            stats["clip"].append(float(pl.clip_fraction))
-            if critic is not None and critic_opt is not None and strategy is not None:
-                pred = critic_values(critic, strategy, data.obs[idx])
-                value_loss = strategy.loss(
-                    pred, old_critic[idx], out.value_targets[idx], mask, None, cfg.aggregation
-                )
-                critic_opt.zero_grad()
-                value_loss.backward()
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-                critic_opt.step()
-                stats["value"].append(value_loss.detach().item())
-    result: dict[str, float | None] = {
-        "losses/policy": float(np.mean(stats["policy"])),
-        "losses/value": float(np.mean(stats["value"])) if stats["value"] else None,
-        "losses/entropy": float(np.mean(stats["entropy"])),
-        "losses/approx_kl": float(np.mean(stats["kl"])),
-        "losses/clipfrac": float(np.mean(stats["clip"])),
-        "value/mean": None,
-        "value/explained_variance": None,
-    }
-    if old_critic is not None and strategy is not None:
+        )
         result.update(strategy.diagnostics(old_critic, out.value_targets, data.mask))
+    policy_stats = policy_phase(
+        lambda idx: policy.log_prob_entropy(data.obs[idx], data.actions[idx]),
+        list(policy.parameters()),
+        policy_opt,
+        schedule,
+        old_log_probs,
+        advantages,
+        data.mask,
+        settings,
+    )
+    result.update(policy_stats)
     return result
+
+
+RESULT_KEYS = (
+    "losses/policy",
+    "losses/value",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "value/mean",
+    "value/explained_variance",
+    "losses/grad_norm",
+    "losses/value_grad_norm",
+)
+
+
+def ppo_settings(cfg: RLConfig) -> PPOSettings:
+    """The core loop's settings from the task spec's ``rl`` section (no value clip, no
+    micro-batches)."""
+    return PPOSettings(
+        clip_eps=cfg.clip_eps,
+        dual_clip=cfg.dual_clip,
+        entropy_coef=cfg.ent_coef,
+        aggregation=cfg.aggregation,
+        max_grad_norm=cfg.max_grad_norm,
+    )

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
+from sppo_bench.core.ppo import PPOSettings, minibatch_schedule, step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import MetricsWriter, atomic_torch_save, atomic_write_text
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
@@ -33,6 +34,7 @@ from sppo_bench.llm.update import critic_predictions, critic_update, policy_log_
 from sppo_bench.llm.update import policy_update as run_policy_update
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+SCHEDULE_STREAM = 0  # step_generator stream of the mini-batch schedule
 
 
 def pick_device(name: str) -> torch.device:
@@ -234,7 +236,10 @@ class LLMTrainer:
         )
         times["time_update"] = self._clock() - t0
 
+        # one shuffled schedule of mini-batches for the critic and the policy phase
         rows_per_mini = cfg.train.mini_batch_size * n
+        generator = step_generator(cfg.train.seed, step, SCHEDULE_STREAM)
+        schedule = minibatch_schedule(len(batch), cfg.train.ppo_epochs, rows_per_mini, generator)
         if self.critic is not None:
             t0 = self._clock()
             row.update(
@@ -245,12 +250,8 @@ class LLMTrainer:
                     batch,
                     out.value_targets,
                     predictions,
-                    rows_per_mini,
-                    micro,
-                    value_clip=cfg.algo.value_clip,
-                    aggregation=cfg.algo.aggregation,
-                    grad_clip=cfg.critic.grad_clip,
-                    epochs=cfg.train.ppo_epochs,
+                    schedule,
+                    self._ppo_settings(cfg.critic.grad_clip),
                     autocast=self.autocast,
                 )
             )
@@ -267,15 +268,9 @@ class LLMTrainer:
                     batch,
                     old_lp,
                     out.advantages,
-                    rows_per_mini,
-                    micro,
+                    schedule,
+                    self._ppo_settings(cfg.actor.grad_clip),
                     r.temperature,
-                    clip_eps=cfg.algo.clip_eps,
-                    dual_clip=cfg.algo.dual_clip,
-                    entropy_coef=cfg.algo.entropy_coef,
-                    aggregation=cfg.algo.aggregation,
-                    grad_clip=cfg.actor.grad_clip,
-                    epochs=cfg.train.ppo_epochs,
                     autocast=self.autocast,
                 )
             )
@@ -293,6 +288,18 @@ class LLMTrainer:
             after = self.verifier.stats  # this step's counts (the verifier's are cumulative)
             row.update({f"verifier_{k}": v - before.get(k, 0) for k, v in after.items()})
         return row
+
+    def _ppo_settings(self, max_grad_norm: float) -> PPOSettings:
+        a = self.cfg.algo
+        return PPOSettings(
+            clip_eps=a.clip_eps,
+            dual_clip=a.dual_clip,
+            entropy_coef=a.entropy_coef,
+            aggregation=a.aggregation,
+            max_grad_norm=max_grad_norm,
+            value_clip=a.value_clip,
+            micro_batch_rows=self.cfg.train.micro_batch_size,
+        )
 
     def _set_actor_lr(self, updates_before: int) -> None:
         """Linear lr warm-up over the first ``actor.warmup_steps`` policy-updating steps."""
