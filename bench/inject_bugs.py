@@ -73,10 +73,17 @@ BUGS = (
     ),
     Bug(
         "control-critic-never-steps",
-        "sppo_bench/control/update.py",
-        r"critic_opt\.step\(\)",
-        "critic_opt.zero_grad()",
+        "sppo_bench/control/trainer.py",
+        r"self\.critic_opt = torch\.optim\.Adam\(",
+        "self.critic_opt = None and torch.optim.Adam(",
         CONTROL_TESTS,
+    ),
+    Bug(
+        "core-loop-critic-never-steps",
+        "sppo_bench/core/ppo.py",
+        r"append\(_step\(params, optimizer, cfg\.max_grad_norm\)\)\n(\s*)stats\[\"losses/value\"\]",
+        r'append(0.0)\n\1stats["losses/value"]',
+        CONTROL_TESTS + LLM_TESTS,
     ),
     Bug(
         "llm-estimator-params-dropped",
@@ -158,9 +165,11 @@ def main() -> int:
     missed = 0
     for bug in bugs:
         code, failed, seconds = check(bug, args.full)
-        caught = code != 0
+        if code not in (0, 1):  # not a test failure: the patched copy does not even run
+            sys.exit(f"inject_bugs: the patch for {bug.name!r} breaks pytest (exit {code})")
+        caught = code == 1 and bool(failed)
         missed += not caught
-        names = summarize(failed) or f"pytest exit {code}"
+        names = summarize(failed)
         verdict = f"caught ({len(failed)} failed, {seconds:.0f} s)" if caught else "NOT caught"
         print(f"| {bug.name} | {verdict} | {names if caught else ''} |", flush=True)
     return 1 if missed else 0

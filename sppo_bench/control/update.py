@@ -30,7 +30,15 @@ from sppo_bench.control.collector import EpisodeBatch
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import RLConfig
 from sppo_bench.core import AdvantageInput, CriticStrategy, EstimatorSpec, compute_advantages
-from sppo_bench.core.ppo import PPOSettings, critic_phase, minibatch_schedule, policy_phase
+from sppo_bench.core.critics import VALUE_METRICS
+from sppo_bench.core.ppo import (
+    GRAD_METRICS,
+    LOSS_METRICS,
+    PPOSettings,
+    critic_phase,
+    minibatch_schedule,
+    policy_phase,
+)
 
 
 @dataclass
@@ -126,17 +134,7 @@ def ppo_update(
     return result
 
 
-RESULT_KEYS = (
-    "losses/policy",
-    "losses/value",
-    "losses/entropy",
-    "losses/approx_kl",
-    "losses/clipfrac",
-    "value/mean",
-    "value/explained_variance",
-    "losses/grad_norm",
-    "losses/value_grad_norm",
-)
+RESULT_KEYS = (*LOSS_METRICS, *VALUE_METRICS, *GRAD_METRICS)  # a row's update metrics
 
 
 def ppo_settings(cfg: RLConfig) -> PPOSettings:

@@ -23,6 +23,8 @@ from torch import Tensor
 
 from sppo_bench.core.losses import bce_value_loss, clipped_value_loss, explained_variance
 
+VALUE_METRICS = ("value/mean", "value/explained_variance")
+
 
 @dataclass(frozen=True)
 class CriticStrategy:
@@ -104,7 +106,7 @@ class CriticStrategy:
         else:
             mean = float(values.mean())
             ev = explained_variance(values, targets)
-        return {"value/mean": mean, "value/explained_variance": None if math.isnan(ev) else ev}
+        return dict(zip(VALUE_METRICS, (mean, None if math.isnan(ev) else ev), strict=True))
 
 
 SEQUENCE = CriticStrategy("sequence", per_step=False, advantage_field="value_logits")

@@ -26,14 +26,16 @@ from torch import Tensor, nn
 from sppo_bench.core.critics import CriticStrategy
 from sppo_bench.core.losses import aggregate, clipped_policy_loss
 
-POLICY_METRICS = (
+LOSS_METRICS = (
     "losses/policy",
+    "losses/value",
     "losses/entropy",
     "losses/approx_kl",
     "losses/clipfrac",
-    "losses/grad_norm",
 )
-CRITIC_METRICS = ("losses/value", "losses/value_grad_norm")
+GRAD_METRICS = ("losses/grad_norm", "losses/value_grad_norm")
+POLICY_METRICS = (LOSS_METRICS[0], *LOSS_METRICS[2:], GRAD_METRICS[0])
+CRITIC_METRICS = (LOSS_METRICS[1], GRAD_METRICS[1])
 
 PolicyForward = Callable[[Tensor], tuple[Tensor, Tensor]]
 CriticForward = Callable[[Tensor], Tensor]
