@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from sppo_bench.config import load_config  # noqa: E402
+from sppo_bench.core import get_estimator, valid_estimator_names  # noqa: E402
 from sppo_bench.io import MetricsWriter, atomic_write_json, atomic_write_text  # noqa: E402
 from sppo_bench.llm import toy_report  # noqa: E402
 from sppo_bench.llm.data import load_problems  # noqa: E402
@@ -122,6 +123,8 @@ def run_one(base: LLMConfig, algo: str, seed: int, args, problems, reward_fn, wa
 
     cfg = run_config(base, algo, seed)
     run_dir = args.runs / f"{cfg.algo.name}-s{seed}"
+    legacy = args.runs / f"{get_estimator(algo).name}-s{seed}"  # runs made before run names
+    run_dir = legacy if legacy.is_dir() and not run_dir.exists() else run_dir
     if (run_dir / "bench.json").exists():
         return
     per_step = cfg.train.batch_size * cfg.algo.n_samples
@@ -174,7 +177,8 @@ def report(args, algos: list[str]) -> None:
     curves = {}
     for run_dir in sorted(args.runs.glob("*-s*")):
         if (run_dir / "bench.json").exists():
-            algo, seed = run_dir.name.rsplit("-s", 1)
+            name, seed = run_dir.name.rsplit("-s", 1)
+            algo = get_estimator(name).run_name if name in valid_estimator_names() else name
             if algo in algos:
                 curves[(algo, int(seed))] = MetricsWriter(run_dir / "curve.jsonl").rows()
     if not curves:
@@ -186,7 +190,7 @@ def report(args, algos: list[str]) -> None:
     long = [{"method": a, "seed": s, **r} for (a, s), rows in curves.items() for r in rows]
     atomic_write_text(out / "toy_curves.csv", pd.DataFrame(long).to_csv(index=False))
     toy_report.plot_curves(curves, out / "toy_accuracy.png")
-    for run_dir in sorted(args.runs.glob("gae-s*")):
+    for run_dir in sorted([*args.runs.glob("gae-s*"), *args.runs.glob("ppo-gae-s*")]):
         if (run_dir / "token_values.json").exists():
             traces = json.loads((run_dir / "token_values.json").read_text())
             seed = run_dir.name.rsplit("-s", 1)[1]

@@ -92,9 +92,28 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def renamed_keys(cls: type) -> dict[str, str]:
+    """``cls.RENAMED``: old field name -> its new dotted key within the same section. Old keys
+    in files and overrides keep working: their values move to the new key."""
+    return dict(getattr(cls, "RENAMED", {}))
+
+
+def _move_renamed(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for old, new in renamed_keys(cls).items():
+        if old in out:
+            *path, last = new.split(".")
+            node = out
+            for key in path:
+                node = node.setdefault(key, {})
+            node.setdefault(last, out.pop(old))
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the valid ones."""
     fields = _field_types(cls)
+    data = _move_renamed(cls, data)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"section {prefix[:-1]!r}" if prefix else "the config"
@@ -115,6 +134,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: type) -> Non
     node, node_cls = data, cls
     for i, part in enumerate(parts):
         fields = _field_types(node_cls) if dataclasses.is_dataclass(node_cls) else {}
+        if part not in fields and part in renamed_keys(node_cls):
+            parts[i : i + 1] = renamed_keys(node_cls)[part].split(".")
+            part = parts[i]
         if part not in fields:
             where = ".".join(parts[:i]) or "the config"
             raise UserError(
@@ -125,6 +147,12 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: type) -> Non
             node[part] = value
             return
         node_cls = fields[part]
+        if typing.get_origin(node_cls) is dict:  # a free-form table: the rest are its keys
+            node = node.setdefault(part, {})
+            for key in parts[i + 1 : -1]:
+                node = node.setdefault(key, {})
+            node[parts[-1]] = value
+            return
         if not dataclasses.is_dataclass(node_cls):
             raise UserError(f"config key {'.'.join(parts[: i + 1])!r} has no sub-keys")
         node = node.setdefault(part, {})

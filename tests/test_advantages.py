@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
+from sppo_bench.core import AdvantageInput, algorithm_names, compute_advantages, get_estimator
 from sppo_bench.errors import UserError
 
 
@@ -199,3 +199,16 @@ def test_missing_input_is_a_clear_error():
     r, mask = terminal_batch([1], [1.0], 1)
     with pytest.raises(UserError, match="value_logits"):
         compute_advantages("sppo", AdvantageInput(r, mask))
+
+
+def test_the_registry_is_the_one_list_of_algorithms():
+    assert algorithm_names() == ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
+    gae = get_estimator("gae")
+    assert gae.run_name == "ppo-gae" and get_estimator("ppo").run_name == "ppo-gae"
+    assert gae.params == {"gamma": 1.0, "lam": 1.0}  # the function's own defaults
+    assert gae.configured_params({"ppo-gae": {"lam": 0.5}}) == {"gamma": 1.0, "lam": 0.5}
+    assert gae.configured_params({"grpo": {"normalize_std": False}}) == gae.params
+    with pytest.raises(UserError, match="unknown parameter 'lamda' .*valid: gamma, lam"):
+        gae.configured_params({"gae": {"lamda": 0.5}})
+    with pytest.raises(UserError, match="unknown algorithm 'gea'"):
+        gae.configured_params({"gea": {"lam": 0.5}})

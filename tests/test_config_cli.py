@@ -69,3 +69,15 @@ def test_cli_unknown_command_exits_nonzero(capsys):
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_renamed_llm_keys_keep_working(tmp_path):
+    from sppo_bench.llm.recipe import LLMConfig
+
+    path = tmp_path / "r.yaml"
+    path.write_text("algo: {name: grpo, grpo_normalize_std: false, gamma: 0.9}\n")
+    cfg = load_config(LLMConfig, path, ["algo.lam=0.5", "algo.estimator_params.gae.gamma=0.8"])
+    assert cfg.algo.estimator_params == {
+        "grpo": {"normalize_std": False},
+        "gae": {"gamma": 0.8, "lam": 0.5},  # the new key wins over the old one
+    }

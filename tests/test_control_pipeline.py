@@ -9,7 +9,8 @@ import yaml
 
 from sppo_bench.cli import main
 from sppo_bench.control.tasks import TASKS
-from sppo_bench.control.trainer import ALGOS, Trainer, train_run
+from sppo_bench.control.trainer import Trainer, train_run
+from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 
 TINY_EXPERT = [
@@ -71,13 +72,22 @@ def test_rl_smoke_every_task(runs, task):
     assert rows[-1]["losses/value"] is not None and rows[0]["losses/policy"] is None
     values = np.load(run / "values" / "update_000002.npz")
     assert values["v0"].shape == values["success"].shape == values["lengths"].shape == (2,)
+    # the critic's file holds the stochastic evaluation episodes of that update
+    assert values["success"].mean() == rows[-1]["eval/success_stochastic"]
+    assert ((values["lengths"] >= 1) & (values["lengths"] <= TASKS[task].horizon)).all()
     if algo == "ppo-gae":
-        assert values["values"].shape == (2, TASKS[task].horizon)
+        steps = values["values"]
+        assert steps.shape == (2, TASKS[task].horizon)
+        real = np.arange(steps.shape[1]) < values["lengths"][:, None]
+        assert np.isfinite(steps[real]).all() and np.isnan(steps[~real]).all()
+        assert np.array_equal(values["v0"], steps[:, 0])
+    else:
+        assert ((values["v0"] > 0) & (values["v0"] < 1)).all()  # V(s_0) = sigmoid(v)
     assert json.loads((run / "done").read_text())["episodes"] == 8
     assert yaml.safe_load((run / "config.yaml").read_text())["algo"] == algo
 
 
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", algorithm_names())
 def test_every_estimator_runs(runs, algo):
     out = train_run(
         "cartpole",
@@ -92,6 +102,9 @@ def test_every_estimator_runs(runs, algo):
     assert rows[-1]["update"] == 2 and "eval/success_deterministic" in rows[-1]
     has_critic = algo in ("sppo", "ppo-gae")
     assert (rows[-1]["losses/value"] is not None) == has_critic
+    assert [r["episodes"] for r in rows] == [0, 4, 8]
+    assert all(0 <= r["train/success_rate"] <= 1 for r in rows[1:])
+    assert all(r["losses/approx_kl"] >= 0 and 0 <= r["losses/clipfrac"] <= 1 for r in rows[1:])
     assert (out / "values").is_dir() == has_critic
     sampled_steps = sum(4 * r["train/episode_length"] for r in rows[1:])
     greedy_steps = rows[-1]["env_steps"] - sampled_steps

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_llm_trainer import _config, _strip, _train
 
+from sppo_bench.core.critics import SEQUENCE, STEP
 from sppo_bench.llm import trainer as trainer_module
 from sppo_bench.llm.data import Problem
 from sppo_bench.llm.models import build_critic, load_policy
@@ -57,8 +58,8 @@ def test_checkpoint_is_read_onto_the_cpu_then_copied_to_the_modules(tmp_path, mo
 def _toy_models(device: str):
     tok = tiny_tokenizer()
     policy = load_policy("tiny:xs", tok, seed=0).to(device)
-    step = build_critic("step", "tiny:xs", tok, "float32", 1).to(device)
-    seq = build_critic("sequence", "tiny:xs", tok, "float32", 1).to(device)
+    step = build_critic(STEP, "tiny:xs", tok, "float32", 1).to(device)
+    seq = build_critic(SEQUENCE, "tiny:xs", tok, "float32", 1).to(device)
     problems = [Problem(id=str(i), question=f"{i}+1=?", answer=str(i + 1)) for i in range(3)]
     return tok, policy, step, seq, problems
 

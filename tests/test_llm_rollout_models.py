@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 
+from sppo_bench.core import CRITICS
+from sppo_bench.core.ppo import PPOSettings
 from sppo_bench.llm.models import SequenceCritic, TokenCritic, response_log_probs
 from sppo_bench.llm.rollout import HFEngine, RolloutBatch, eos_response_mask, left_pad
 from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
@@ -95,24 +97,14 @@ def test_micro_batch_accumulation_equals_the_full_mini_batch_update(tok, model):
     for micro in (1, 4, 6):
         m = copy.deepcopy(model)
         opt = torch.optim.SGD(m.parameters(), lr=1.0)
-        stats = policy_update(
-            m,
-            opt,
-            batch,
-            old,
-            adv,
-            mini_batch_rows=6,
-            micro_batch_size=micro,
-            temperature=1.0,
-            grad_clip=1e9,
-            entropy_coef=0.01,
-        )
+        settings = PPOSettings(max_grad_norm=1e9, entropy_coef=0.01, micro_batch_rows=micro)
+        stats = policy_update(m, opt, batch, old, adv, [torch.arange(6)], settings, 1.0)
         results.append((_params(m), stats))
     base = _params(model)
     assert not torch.allclose(results[0][0], base)
     for p, stats in results[1:]:
         assert torch.allclose(p - base, results[0][0] - base, atol=1e-6, rtol=1e-4)
-        for key in ("policy_loss", "approx_kl", "clip_fraction", "entropy"):
+        for key in ("losses/policy", "losses/approx_kl", "losses/clipfrac", "losses/entropy"):
             assert stats[key] == pytest.approx(results[0][1][key], rel=1e-4, abs=1e-7)
 
 
@@ -131,7 +123,8 @@ def test_critic_micro_batches_equal_the_full_mini_batch(tok, model, kind):
     for micro in (1, 6):
         c = copy.deepcopy(critic)
         opt = torch.optim.SGD(c.parameters(), lr=1.0)
-        critic_update(c, kind, opt, batch, targets, old, 6, micro, value_clip=None, grad_clip=1e9)
+        settings = PPOSettings(max_grad_norm=1e9, micro_batch_rows=micro)
+        critic_update(c, CRITICS[kind], opt, batch, targets, old, [torch.arange(6)], settings)
         deltas.append(_params(c) - _params(critic))
     assert deltas[0].abs().max() > 0
     assert torch.allclose(deltas[0], deltas[1], atol=1e-6, rtol=1e-4)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
+from sppo_bench.core.critics import SEQUENCE
 from sppo_bench.errors import UserError
 from sppo_bench.llm.data import build_prompt
 from sppo_bench.llm.models import build_critic, load_policy, load_tokenizer
@@ -61,7 +62,7 @@ def test_unknown_random_size_is_a_one_line_user_error(tok):
     for call in (
         lambda: load_tokenizer("random:qwen2-7b"),
         lambda: load_policy("random:llama", tok),
-        lambda: build_critic("sequence", "random:qwen2-3b", tok, "float32", 0),
+        lambda: build_critic(SEQUENCE, "random:qwen2-3b", tok, "float32", 0),
     ):
         with pytest.raises(UserError, match="valid: random:qwen2-0.5b, random:qwen2-1.5b") as err:
             call()
@@ -108,7 +109,7 @@ def test_random_model_is_seeded_and_every_sampled_id_decodes(tok, monkeypatch):
     b = load_policy("random:qwen2-test", tok, "float32", seed=3, device="cpu")
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is not consumed
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-    critic = build_critic("sequence", "random:qwen2-test", tok, "bfloat16", seed=4)
+    critic = build_critic(SEQUENCE, "random:qwen2-test", tok, "bfloat16", seed=4)
     assert critic.backbone.embed_tokens.weight.dtype == torch.bfloat16
     torch.manual_seed(0)
     batch = HFEngine(a, tok, 4).generate([build_prompt(tok, "1+1?")], 2, 1.0, 1.0, 6)

@@ -135,7 +135,7 @@ def test_summary_finds_first_reaching_points():
     curves = {
         ("grpo", 0): _curve([(0, 0, 0.2), (256, 10, 0.3), (512, 20, 0.5), (768, 30, 0.4)]),
         ("sppo", 0): _curve([(0, 0, 0.2), (256, 3, 0.5), (512, 6, 0.6), (768, 9, 0.55)]),
-        ("gae", 0): _curve([(0, 0, 0.2), (256, 4, 0.25)]),
+        ("ppo-gae", 0): _curve([(0, 0, 0.2), (256, 4, 0.25)]),
     }
     table = summary_table(curves).set_index("method")
     assert table.loc["grpo", "best_acc"] == pytest.approx(50.0)
@@ -143,7 +143,7 @@ def test_summary_finds_first_reaching_points():
     assert table.loc["sppo", "samples_to_grpo_best"] == 256
     assert table.loc["sppo", "wall_s_to_grpo_best"] == 3
     assert table.loc["sppo", "final_acc"] == pytest.approx(55.0)
-    assert pd.isna(table.loc["gae", "samples_to_grpo_best"])
+    assert pd.isna(table.loc["ppo-gae", "samples_to_grpo_best"])
     rows = [{"value": v, "success": s, "k": 4} for v, s in [(0.1, 0.0), (0.5, 0.5), (0.9, 1.0)]]
     st = calibration_stats(rows)
     assert st["spearman"] == pytest.approx(1.0) and st["pearson"] > 0.99

@@ -82,12 +82,14 @@ def test_plan_runs_and_profile_errors(tmp_path):
     specs = plan_runs(profile, ["mountaincar"], ["sppo"], 2)
     assert [str(s) for s in specs] == ["mountaincar/sppo/seed0", "mountaincar/sppo/seed1"]
     assert specs[0].episodes == 400 and specs[0].overrides == ("rl.eval_every=5",)
+    # an alias resolves to the algorithm's run name (its folder)
+    assert {s.algo for s in plan_runs(profile, ["mountaincar"], ["gae", "ppo"], 1)} == {"ppo-gae"}
     cases = [
         (lambda: load_profile("fast"), "unknown profile 'fast'; valid: paper, quick, standard"),
         (lambda: plan_runs(profile, ["acrobot"]), "unknown task 'acrobot' for profile 'quick'"),
         (
-            lambda: plan_runs(profile, None, ["ppo"]),
-            "unknown algorithm 'ppo'; valid: sppo, ppo-gae",
+            lambda: plan_runs(profile, None, ["ppo2"]),
+            "unknown algorithm 'ppo2'; valid: gae, grpo, ppo, ppo-gae, reinforce",
         ),
         (lambda: plan_runs(profile, None, None, 0), "--seeds must be at least 1"),
         (lambda: suite.make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),
@@ -110,7 +112,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     for argv in (
         ["suite", "run", "--profile", "fast"],
         ["suite", "run", "--tasks", "acrobot"],
-        ["suite", "run", "--algos", "ppo"],
+        ["suite", "run", "--algos", "ppo2"],
         ["suite", "report", "--runs-dir", str(tmp_path / "none")],
     ):
         assert main(argv) == 2

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from sppo_bench.analysis.stats import episodes_to_threshold
+from sppo_bench.core.critics import VALUE_METRICS
+from sppo_bench.core.ppo import LOSS_METRICS
 from sppo_bench.errors import UserError
 from sppo_bench.io import MetricsWriter, atomic_write_text
 
@@ -41,13 +43,8 @@ COMPACT_COLUMNS = (
     "train/success_rate",
     "eval/success_deterministic",
     "eval/success_stochastic",
-    "losses/policy",
-    "losses/value",
-    "losses/entropy",
-    "losses/approx_kl",
-    "losses/clipfrac",
-    "value/mean",
-    "value/explained_variance",
+    *LOSS_METRICS,
+    *VALUE_METRICS,
     "charts/SPS",
 )
 _SEED_DIR = re.compile(r"^seed(\d+)$")

@@ -30,9 +30,9 @@ from typing import Any
 from tqdm import tqdm
 
 from sppo_bench.config import read_yaml
+from sppo_bench.core import algorithm_names, get_estimator
 from sppo_bench.errors import UserError
 
-ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "specs" / "profiles"  # envs/profiles
 EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval interval overrides
 EXECUTORS = ("local", "ray")
@@ -102,8 +102,7 @@ def load_profile(name_or_path: str) -> Profile:
             f"unknown key {unknown[0]!r} in profile {str(path)!r}; "
             f"valid: {', '.join(sorted(allowed))}"
         )
-    algos = tuple(data.get("algos") or ())
-    validate_algos(algos)
+    algos = tuple(validate_algos(tuple(data.get("algos") or ())))
     tasks_data = data.get("tasks")
     if not isinstance(tasks_data, dict) or not tasks_data:
         raise UserError(f"profile {str(path)!r} needs a non-empty 'tasks' mapping")
@@ -127,11 +126,11 @@ def load_profile(name_or_path: str) -> Profile:
     )
 
 
-def validate_algos(algos: Sequence[str]) -> None:
-    bad = [a for a in algos if a not in ALGOS]
-    if bad or not algos:
-        what = f"unknown algorithm {bad[0]!r}" if bad else "no algorithms given"
-        raise UserError(f"{what}; valid: {', '.join(ALGOS)}")
+def validate_algos(algos: Sequence[str]) -> list[str]:
+    """The run names of ``algos`` (names or aliases of registered estimators)."""
+    if not algos:
+        raise UserError(f"no algorithms given; valid: {', '.join(algorithm_names())}")
+    return [get_estimator(a).run_name for a in algos]
 
 
 def plan_runs(
@@ -148,8 +147,7 @@ def plan_runs(
             f"unknown task {bad[0]!r} for profile {profile.name!r}; "
             f"valid: {', '.join(profile.tasks)}"
         )
-    algos = list(algos) if algos else list(profile.algos)
-    validate_algos(algos)
+    algos = validate_algos(list(algos) if algos else list(profile.algos))
     n_seeds = profile.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
@@ -171,7 +169,7 @@ def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
     for spec in specs:
         path = spec.run_dir(runs_dir)
         if (path / "config.yaml").is_file():
-            _, config = requested_config(
+            _, _, config = requested_config(
                 spec.task, spec.algo, spec.seed, spec.episodes, spec.overrides
             )
             check_stored_config(path, config)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from sppo_bench.commands.argtypes import SEED, int_at_least
 from sppo_bench.control.tasks import TASKS, get_task
-from sppo_bench.control.trainer import ALGOS, resolve_algo
+from sppo_bench.core import algorithm_names, get_estimator
+
+ALGO_HELP = f"one of: {', '.join(algorithm_names())}"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     train = stages.add_parser("train", help="RL fine-tuning of the clone with one estimator")
     _common(train)
-    train.add_argument("--algo", required=True, help=f"one of: {', '.join(ALGOS)}")
+    train.add_argument("--algo", required=True, help=ALGO_HELP)
     train.add_argument("--episodes", type=int_at_least(1), help="training-episode budget")
     train.set_defaults(func=run_train)
 
@@ -60,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="success rates of a run (or, without --algo, of the clone)"
     )
     _common(evaluate)
-    evaluate.add_argument("--algo", help=f"one of: {', '.join(ALGOS)}")
+    evaluate.add_argument("--algo", help=ALGO_HELP)
     evaluate.add_argument(
         "--n-eval", type=int_at_least(1), default=128, help="evaluation start states"
     )
@@ -103,10 +105,9 @@ def run_train(args: argparse.Namespace) -> int:
     from sppo_bench.control.trainer import train_run
 
     task = get_task(args.task).name
-    resolve_algo(args.algo)
     out = train_run(
         task,
-        args.algo,
+        get_estimator(args.algo).run_name,
         args.seed,
         args.runs_dir,
         args.episodes,
@@ -122,14 +123,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from sppo_bench.errors import UserError
 
     task = get_task(args.task).name
-    if args.algo is not None:
-        resolve_algo(args.algo)
+    algo = None if args.algo is None else get_estimator(args.algo).run_name
     if args.calibration is not None:
-        if args.algo is None:
+        if algo is None:
             raise UserError("--calibration needs --algo (a run with a critic: sppo or ppo-gae)")
         k, m = args.calibration
-        path = calibrate(task, args.algo, args.seed, args.runs_dir, k, m, not args.no_progress)
+        path = calibrate(task, algo, args.seed, args.runs_dir, k, m, not args.no_progress)
         print(f"calibration: {path}")
         return 0
-    print(json.dumps(evaluate_saved(task, args.runs_dir, args.algo, args.seed, args.n_eval)))
+    print(json.dumps(evaluate_saved(task, args.runs_dir, algo, args.seed, args.n_eval)))
     return 0

@@ -10,6 +10,7 @@ import torch
 
 from sppo_bench.commands.argtypes import int_at_least
 from sppo_bench.config import load_config
+from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 from sppo_bench.io import read_torch_file
 
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--recipe", required=True, help="recipe YAML (see llm/)")
-        p.add_argument("--algo", help="estimator: sppo, ppo-gae, grpo, rloo, remax, reinforce")
+        p.add_argument("--algo", help=f"estimator: {', '.join(algorithm_names())}")
         p.add_argument(
             "--set",
             dest="overrides",

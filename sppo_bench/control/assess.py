@@ -25,6 +25,7 @@ from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
 from sppo_bench.control.trainer import Trainer, run_dir_for
+from sppo_bench.control.update import critic_values
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
 
@@ -84,6 +85,7 @@ def calibrate(
     trainer = load_trainer(task, algo, seed, runs_dir)
     if trainer.critic is None:
         raise UserError(f"{trainer.algo} has no critic to calibrate; use sppo or ppo-gae")
+    strategy = trainer.estimator.critic_strategy
     seeds = CALIBRATION_SEED + np.arange(k)
     horizon = get_task(task).horizon
     venv = make_vector_env(task, m)
@@ -94,10 +96,10 @@ def calibrate(
     for i, s in enumerate(tqdm(seeds, desc="calibration", disable=not progress)):
         batch = collect_episodes(venv, actor, [int(s)] * m, horizon)
         rate[i] = batch.success.mean()
+        start = torch.as_tensor(batch.obs[:1, :1], dtype=torch.float32)  # s_0, [1, 1, d]
         with torch.no_grad():
-            out = trainer.critic(torch.as_tensor(batch.obs[:1, 0], dtype=torch.float32))
-        value = torch.sigmoid(out) if trainer.estimator.critic == "sequence" else out
-        v0[i] = float(value[0])
+            out = critic_values(trainer.critic, strategy, start)
+        v0[i] = float(strategy.start_values(out)[0])
     buffer = io.BytesIO()
     np.savez(buffer, v0=v0, success_rate=rate, seeds=seeds)
     path = trainer.run_dir / "calibration.npz"

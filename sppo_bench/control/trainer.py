@@ -38,8 +38,9 @@ from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.update import BatchTensors, critic_values, ppo_update
-from sppo_bench.core import EstimatorSpec, get_estimator
+from sppo_bench.control.update import RESULT_KEYS, BatchTensors, critic_values, ppo_update
+from sppo_bench.core import get_estimator
+from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import (
     MetricsWriter,
@@ -51,26 +52,10 @@ from sppo_bench.io import (
     read_torch_file,
 )
 
-ALGOS = ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
-_ALGO_OF_ESTIMATOR = {"gae": "ppo-gae"}
-
-
-def resolve_algo(algo: str) -> tuple[str, EstimatorSpec]:
-    """(run-folder name, estimator) for an algorithm name; a one-line error lists the valid."""
-    if algo not in ALGOS and algo not in ("gae", "ppo"):
-        raise UserError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
-    spec = get_estimator(algo)
-    return _ALGO_OF_ESTIMATOR.get(spec.name, spec.name), spec
-
 
 def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
-    """``runs/control/<task>/<algo>/seed<seed>``."""
-    return stage_dir(runs_dir, task, resolve_algo(algo)[0]) / f"seed{seed}"
-
-
-def _update_generator(seed: int, update: int, stream: int) -> torch.Generator:
-    key = np.random.SeedSequence([seed, update, stream]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(key))
+    """``runs/control/<task>/<run name of algo>/seed<seed>``."""
+    return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
 
 
 class Trainer:
@@ -78,7 +63,8 @@ class Trainer:
 
     def __init__(self, spec: TaskSpec, algo: str, seed: int, run_dir: Path, clone: Path) -> None:
         self.spec, self.seed, self.run_dir = spec, seed, run_dir
-        self.algo, self.estimator = resolve_algo(algo)
+        self.estimator = get_estimator(algo)
+        self.algo = self.estimator.run_name
         cfg = spec.rl
         self.horizon = get_task(spec.task).horizon
         self.batch = cfg.trajectories_per_update
@@ -94,7 +80,7 @@ class Trainer:
         self.policy: Policy = load_policy(clone, spec)
         self.critic: ValueNet | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
-        if self.estimator.critic != "none":
+        if self.estimator.critic_strategy is not None:
             self.critic = ValueNet(
                 self.policy.obs_mean.numel(), spec.policy.critic_hidden, spec.policy.activation
             )
@@ -147,7 +133,7 @@ class Trainer:
     def evaluation(self, update: int) -> dict[str, float]:
         """Deterministic and stochastic success on the fixed evaluation start states; writes
         the critic's values on the stochastic episodes."""
-        generator = _update_generator(self.seed, update, 1)
+        generator = step_generator(self.seed, update, 1)
         det, sto, episodes = evaluate(
             self.eval_env, self.policy, self.spec.rl.n_eval, self.horizon, generator
         )
@@ -157,42 +143,33 @@ class Trainer:
 
     def write_values(self, update: int, episodes: Any) -> None:
         obs = torch.as_tensor(episodes.obs, dtype=torch.float32)
+        strategy = self.estimator.critic_strategy
         with torch.no_grad():
-            out = critic_values(self.critic, self.estimator.critic, obs)
+            out = critic_values(self.critic, strategy, obs)
         arrays: dict[str, np.ndarray] = {
             "success": episodes.success.astype(bool),
             "lengths": episodes.lengths.astype(np.int64),
+            "v0": strategy.start_values(out).numpy().astype(np.float32),
         }
-        if self.estimator.critic == "sequence":
-            arrays["v0"] = torch.sigmoid(out).numpy().astype(np.float32)
-        else:
+        if strategy.per_step:  # V(s_t) of every step, NaN after the episode's end
             values = np.full((len(episodes.lengths), self.horizon), np.nan, dtype=np.float32)
             steps = out.shape[1]
             values[:, :steps] = np.where(episodes.mask > 0, out.numpy(), np.nan)
             arrays["values"] = values
-            arrays["v0"] = values[:, 0].copy()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
 
     # --- the loop ------------------------------------------------------------------------
-    def step(self, update: int) -> dict[str, Any]:
-        """Collect one batch of whole episodes and update; returns the metrics row."""
-        start = time.time()
-        seeds, group_ids = self.start_states(update)
-        greedy = np.zeros(len(seeds), dtype=bool)
-        if self.estimator.needs_greedy_baseline:
-            seeds, greedy = np.concatenate([seeds, seeds]), np.concatenate([greedy, ~greedy])
-        generator = _update_generator(self.seed, update, 0)
-        episodes = collect_episodes(
-            self.train_env, policy_actor(self.policy, greedy, generator), seeds, self.horizon
-        )
-        sampled = episodes.select(np.flatnonzero(~greedy))
-        baseline = None
-        if self.estimator.needs_greedy_baseline:
-            baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
-        data = BatchTensors.from_batch(sampled, self.policy.discrete)
-        stats = ppo_update(
+    def update(
+        self,
+        data: BatchTensors,
+        group_ids: torch.Tensor | None,
+        baseline: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> dict[str, float | None]:
+        """One RL update of this run's policy and critic with its optimisers on ``data``."""
+        return ppo_update(
             self.policy,
             self.critic,
             self.policy_opt,
@@ -204,6 +181,24 @@ class Trainer:
             baseline,
             generator,
         )
+
+    def step(self, update: int) -> dict[str, Any]:
+        """Collect one batch of whole episodes and update; returns the metrics row."""
+        start = time.time()
+        seeds, group_ids = self.start_states(update)
+        greedy = np.zeros(len(seeds), dtype=bool)
+        if self.estimator.needs_greedy_baseline:
+            seeds, greedy = np.concatenate([seeds, seeds]), np.concatenate([greedy, ~greedy])
+        generator = step_generator(self.seed, update, 0)
+        episodes = collect_episodes(
+            self.train_env, policy_actor(self.policy, greedy, generator), seeds, self.horizon
+        )
+        sampled = episodes.select(np.flatnonzero(~greedy))
+        baseline = None
+        if self.estimator.needs_greedy_baseline:
+            baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
+        data = BatchTensors.from_batch(sampled, self.policy.discrete)
+        stats = self.update(data, group_ids, baseline, generator)
         elapsed = time.time() - start
         self.state["update"] = update
         self.state["episodes"] += len(sampled.lengths)
@@ -268,14 +263,7 @@ class Trainer:
 
 
 def _empty_losses() -> dict[str, Any]:
-    keys = ("policy", "value", "entropy", "approx_kl", "clipfrac")
-    return {
-        "train/success_rate": None,
-        **{f"losses/{k}": None for k in keys},
-        "value/mean": None,
-        "value/explained_variance": None,
-        "charts/SPS": None,
-    }
+    return {"train/success_rate": None, **dict.fromkeys(RESULT_KEYS), "charts/SPS": None}
 
 
 def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
@@ -317,14 +305,14 @@ def check_stored_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def requested_config(
     task: str, algo: str, seed: int, episodes: int | None, overrides: Sequence[str]
-) -> tuple[Path, dict[str, Any]]:
-    """(run folder relative to a runs dir, config.yaml contents) of the run ``train_run`` would
-    make with these arguments."""
-    name, _ = resolve_algo(algo)
+) -> tuple[Path, TaskSpec, dict[str, Any]]:
+    """(run folder relative to a runs dir, task spec, config.yaml contents) of the run
+    ``train_run`` would make with these arguments."""
+    name = get_estimator(algo).run_name
     spec = load_spec(task, overrides)
     if episodes is not None:
         spec.rl.episodes = episodes
-    return run_dir_for(Path("."), spec.task, name, seed), resolved_config(spec, name, seed)
+    return run_dir_for(Path("."), spec.task, name, seed), spec, resolved_config(spec, name, seed)
 
 
 def train_run(
@@ -342,12 +330,9 @@ def train_run(
     makes ceil(episodes / trajectories_per_update) updates.
     """
     torch.set_num_threads(1)
-    name, _ = resolve_algo(algo)
-    spec = load_spec(task, overrides)
-    if episodes is not None:
-        spec.rl.episodes = episodes
-    run_dir = run_dir_for(Path(runs_dir), spec.task, name, seed)
-    config = resolved_config(spec, name, seed)
+    relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
+    name = config["algo"]
+    run_dir = Path(runs_dir) / relative
     config_path = run_dir / "config.yaml"
     check_stored_config(run_dir, config)
     if (run_dir / "done").is_file():
@@ -365,4 +350,4 @@ def train_run(
     return run_dir
 
 
-__all__ = ["ALGOS", "Trainer", "resolve_algo", "run_dir_for", "train_run"]
+__all__ = ["Trainer", "run_dir_for", "train_run"]

@@ -7,10 +7,10 @@ nothing follows the terminal reward), so every row is passed to the estimator as
 
 Per estimator, the trainer only consults ``EstimatorSpec``:
 
-- ``critic == "sequence"`` (SPPO): a critic on s_0 gives the logit v, V(s_0) = sigmoid(v);
-  loss = BCE(v, R) (``bce_value_loss``).
-- ``critic == "step"`` (PPO-GAE): a critic V(s_t) per step; loss = 0.5 (V - G_t)^2 with the
-  estimator's returns G_t (``clipped_value_loss``, no clipping).
+- ``critic_strategy`` (:mod:`sppo_bench.core.critics`): which states the critic reads (s_0 for
+  SPPO's sequence critic, every s_t for PPO-GAE's step critic), the advantage input its old
+  outputs fill, and its loss (BCE(v, R); 0.5 (V - G_t)^2 with the estimator's returns G_t, no
+  clipping here);
 - ``needs_groups`` / ``needs_greedy_baseline``: ``group_ids`` / ``baseline_rewards`` are filled
   by the caller's rollout.
 
@@ -23,22 +23,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sppo_bench.control.collector import EpisodeBatch
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import RLConfig
-from sppo_bench.core import (
-    AdvantageInput,
-    EstimatorSpec,
-    aggregate,
-    bce_value_loss,
-    clipped_policy_loss,
-    clipped_value_loss,
-    compute_advantages,
-    explained_variance,
+from sppo_bench.core import AdvantageInput, CriticStrategy, EstimatorSpec, compute_advantages
+from sppo_bench.core.critics import VALUE_METRICS
+from sppo_bench.core.ppo import (
+    GRAD_METRICS,
+    LOSS_METRICS,
+    PPOSettings,
+    critic_phase,
+    minibatch_schedule,
+    policy_phase,
 )
 
 
@@ -63,19 +62,13 @@ class BatchTensors:
         )
 
 
-def estimator_params(cfg: RLConfig, spec: EstimatorSpec) -> dict:
-    """``rl.estimator_params`` for this estimator, looked up by its name or any alias."""
-    for key in (spec.name, *spec.aliases):
-        if key in cfg.estimator_params:
-            return dict(cfg.estimator_params[key])
-    return {}
-
-
-def critic_values(critic: ValueNet | None, kind: str, obs: Tensor) -> Tensor | None:
-    """The critic's output on a batch: logits ``[B]`` on s_0 (sequence) or ``[B, T]`` (step)."""
-    if critic is None:
+def critic_values(
+    critic: ValueNet | None, strategy: CriticStrategy | None, obs: Tensor
+) -> Tensor | None:
+    """The critic's raw output on ``obs [B, T, d]``: ``[B]`` on s_0 or ``[B, T]`` (strategy)."""
+    if critic is None or strategy is None:
         return None
-    return critic(obs[:, 0]) if kind == "sequence" else critic(obs)
+    return critic(strategy.states(obs))
 
 
 def ppo_update(
@@ -93,74 +86,64 @@ def ppo_update(
     """Advantages through the core estimator, then clipped-PPO epochs; returns the loss and
     critic diagnostics (``None`` where there is no critic)."""
     bsz = data.obs.shape[0]
+    strategy = estimator.critic_strategy
     with torch.no_grad():
         old_log_probs, _ = policy.log_prob_entropy(data.obs, data.actions)
-        old_critic = critic_values(critic, estimator.critic, data.obs)
+        old_critic = critic_values(critic, strategy, data.obs)
     inputs = AdvantageInput(
         rewards=data.rewards,
         mask=data.mask,
-        values=old_critic if estimator.critic == "step" else None,
         terminated=torch.ones(bsz, dtype=torch.bool),
-        value_logits=old_critic if estimator.critic == "sequence" else None,
         group_ids=group_ids,
         baseline_rewards=baseline_rewards,
+        **(strategy.advantage_inputs(old_critic) if strategy else {}),
     )
-    out = compute_advantages(estimator.name, inputs, **estimator_params(cfg, estimator))
+    params = estimator.configured_params(cfg.estimator_params)
+    out = compute_advantages(estimator.name, inputs, **params)
     advantages = out.advantages.detach()
-    stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "entropy", "kl", "clip")}
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(bsz, generator=generator)
-        for idx in perm.chunk(min(cfg.minibatches, bsz)):
-            mask = data.mask[idx]
-            log_probs, entropy = policy.log_prob_entropy(data.obs[idx], data.actions[idx])
-            pl = clipped_policy_loss(
-                log_probs,
-                old_log_probs[idx],
-                advantages[idx],
-                mask,
-                clip_eps=cfg.clip_eps,
-                dual_clip=cfg.dual_clip,
-                aggregation=cfg.aggregation,
+    settings = ppo_settings(cfg)
+    rows = math.ceil(bsz / min(cfg.minibatches, bsz))  # torch.chunk's piece size
+    schedule = minibatch_schedule(bsz, cfg.epochs, rows, generator)
+    result: dict[str, float | None] = dict.fromkeys(RESULT_KEYS)
+    if critic is not None and critic_opt is not None and strategy is not None:
+        result.update(
+            critic_phase(
+                lambda idx: critic_values(critic, strategy, data.obs[idx]),
+                strategy,
+                list(critic.parameters()),
+                critic_opt,
+                schedule,
+                out.value_targets,
+                old_critic,
+                data.mask,
+                settings,
             )
-            entropy_mean = aggregate(entropy, mask, cfg.aggregation)
-            loss = pl.loss - cfg.ent_coef * entropy_mean
-            policy_opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            policy_opt.step()
-            stats["policy"].append(pl.loss.detach().item())
-            stats["entropy"].append(entropy_mean.detach().item())
-            stats["kl"].append(float(pl.approx_kl))
-            stats["clip"].append(float(pl.clip_fraction))
-            if critic is not None and critic_opt is not None:
-                pred = critic_values(critic, estimator.critic, data.obs[idx])
-                if estimator.critic == "sequence":
-                    value_loss = bce_value_loss(pred, out.value_targets[idx])
-                else:
-                    value_loss = clipped_value_loss(
-                        pred, old_critic[idx], out.value_targets[idx], mask, None, cfg.aggregation
-                    )
-                critic_opt.zero_grad()
-                value_loss.backward()
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-                critic_opt.step()
-                stats["value"].append(value_loss.detach().item())
-    result: dict[str, float | None] = {
-        "losses/policy": float(np.mean(stats["policy"])),
-        "losses/value": float(np.mean(stats["value"])) if stats["value"] else None,
-        "losses/entropy": float(np.mean(stats["entropy"])),
-        "losses/approx_kl": float(np.mean(stats["kl"])),
-        "losses/clipfrac": float(np.mean(stats["clip"])),
-        "value/mean": None,
-        "value/explained_variance": None,
-    }
-    if old_critic is not None:
-        if estimator.critic == "sequence":
-            v0 = torch.sigmoid(old_critic)
-            result["value/mean"] = float(v0.mean())
-            ev = explained_variance(v0, out.value_targets)
-        else:
-            result["value/mean"] = float((old_critic * data.mask).sum() / data.mask.sum())
-            ev = explained_variance(old_critic, out.value_targets, data.mask)
-        result["value/explained_variance"] = None if math.isnan(ev) else ev
+        )
+        result.update(strategy.diagnostics(old_critic, out.value_targets, data.mask))
+    policy_stats = policy_phase(
+        lambda idx: policy.log_prob_entropy(data.obs[idx], data.actions[idx]),
+        list(policy.parameters()),
+        policy_opt,
+        schedule,
+        old_log_probs,
+        advantages,
+        data.mask,
+        settings,
+    )
+    result.update(policy_stats)
     return result
+
+
+RESULT_KEYS = (*LOSS_METRICS, *VALUE_METRICS, *GRAD_METRICS)  # a row's update metrics
+
+
+def ppo_settings(cfg: RLConfig) -> PPOSettings:
+    """The core loop's settings from the task spec's ``rl`` section (no value clip, no
+    micro-batches)."""
+    return PPOSettings(
+        clip_eps=cfg.clip_eps,
+        dual_clip=cfg.dual_clip,
+        entropy_coef=cfg.ent_coef,
+        aggregation=cfg.aggregation,
+        max_grad_norm=cfg.max_grad_norm,
+    )

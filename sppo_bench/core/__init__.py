@@ -5,11 +5,13 @@ from sppo_bench.core.advantages import (
     AdvantageInput,
     AdvantageOutput,
     EstimatorSpec,
+    algorithm_names,
     compute_advantages,
     get_estimator,
     sequence_rewards,
     valid_estimator_names,
 )
+from sppo_bench.core.critics import CRITICS, CriticStrategy
 from sppo_bench.core.losses import (
     AGGREGATIONS,
     aggregate,
@@ -23,11 +25,14 @@ from sppo_bench.core.losses import (
 
 __all__ = [
     "AGGREGATIONS",
+    "CRITICS",
+    "CriticStrategy",
     "ESTIMATORS",
     "AdvantageInput",
     "AdvantageOutput",
     "EstimatorSpec",
     "aggregate",
+    "algorithm_names",
     "bce_value_loss",
     "clipped_policy_loss",
     "clipped_value_loss",

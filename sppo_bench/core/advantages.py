@@ -24,13 +24,15 @@ reinforce   nothing                    A = R - mean_batch R   (or A = R)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from sppo_bench.core.critics import CRITICS, CriticStrategy
 from sppo_bench.errors import UserError
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "AdvantageOutput",
     "EstimatorSpec",
     "ESTIMATORS",
+    "algorithm_names",
     "compute_advantages",
     "get_estimator",
     "sequence_rewards",
@@ -93,12 +96,14 @@ CriticKind = Literal["none", "sequence", "step"]
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A registered estimator and what a trainer must provide for it.
+    """A registered estimator: the one list of algorithms, and what a trainer provides for it.
 
+    run_name: the algorithm's display name, also its run-folder name in both tracks.
     critic: which critic the trainer trains ("sequence": V(s_0) with BCE; "step": V(s_t)).
     needs_groups: rollouts come in groups of ``group_size`` from one prompt / start state.
     needs_greedy_baseline: the trainer also rolls out the greedy policy per prompt (ReMax).
     group_size: default samples per prompt / start state (the paper's settings).
+    params: the estimator's keyword parameters and their defaults (from ``fn``'s signature).
     """
 
     name: str
@@ -107,7 +112,31 @@ class EstimatorSpec:
     needs_groups: bool
     needs_greedy_baseline: bool
     group_size: int
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[str, ...]
+    run_name: str
+    params: dict[str, object] = field(hash=False)
+
+    @property
+    def critic_strategy(self) -> CriticStrategy | None:
+        """The critic this estimator trains (``sppo_bench.core.critics``), or None."""
+        return CRITICS.get(self.critic)
+
+    def configured_params(self, table: Mapping[str, Mapping[str, object]]) -> dict[str, object]:
+        """``params`` updated by ``table[name or alias]`` of a config's per-estimator table
+        (e.g. ``{"ppo-gae": {"lam": 0.95}}``); an unknown estimator or parameter is a one-line
+        ``UserError``."""
+        for key in table:
+            get_estimator(key)
+        given: dict[str, object] = {}
+        for key in (self.name, *self.aliases):
+            given.update(table.get(key) or {})
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            valid = ", ".join(self.params) or "none"
+            raise UserError(
+                f"unknown parameter {unknown[0]!r} for estimator {self.run_name!r}; valid: {valid}"
+            )
+        return {**self.params, **given}
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {}
@@ -122,18 +151,27 @@ def register(
     needs_greedy_baseline: bool = False,
     group_size: int = 1,
     aliases: tuple[str, ...] = (),
+    run_name: str | None = None,
 ) -> Callable[[Callable[..., AdvantageOutput]], Callable[..., AdvantageOutput]]:
-    """Register ``fn`` under ``name`` (and ``aliases``) in ``ESTIMATORS``."""
+    """Register ``fn`` under ``name`` (and ``aliases``, and ``run_name``) in ``ESTIMATORS``."""
 
     def decorate(fn: Callable[..., AdvantageOutput]) -> Callable[..., AdvantageOutput]:
-        ESTIMATORS[name] = EstimatorSpec(
-            name, fn, critic, needs_groups, needs_greedy_baseline, group_size, aliases
-        )
-        for alias in (name, *aliases):
+        signature = inspect.signature(fn).parameters.values()
+        params = {p.name: p.default for p in signature if p.default is not p.empty}
+        display = run_name or name
+        names = tuple(a for a in dict.fromkeys((display, *aliases)) if a != name)
+        needs = (critic, needs_groups, needs_greedy_baseline, group_size)
+        ESTIMATORS[name] = EstimatorSpec(name, fn, *needs, names, display, params)
+        for alias in (name, *names):
             _ALIASES[alias] = name
         return fn
 
     return decorate
+
+
+def algorithm_names() -> tuple[str, ...]:
+    """The run names of the registered estimators, in registration order."""
+    return tuple(spec.run_name for spec in ESTIMATORS.values())
 
 
 def valid_estimator_names() -> list[str]:
@@ -185,7 +223,7 @@ def sppo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - value, batch.mask), value_targets=reward)
 
 
-@register("gae", critic="step", aliases=("ppo-gae", "ppo"))
+@register("gae", critic="step", aliases=("ppo",), run_name="ppo-gae")
 def gae_advantage(batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0) -> AdvantageOutput:
     """Generalised advantage estimation, per step.
 

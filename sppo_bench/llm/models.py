@@ -16,14 +16,19 @@ shift a prompt's positions.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from sppo_bench.core import entropy_from_logits
+from sppo_bench.core import CriticStrategy, entropy_from_logits
 from sppo_bench.errors import UserError
 from sppo_bench.llm.random_models import is_random, random_model, random_tokenizer
 from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
+
+if TYPE_CHECKING:
+    from sppo_bench.llm.rollout import RolloutBatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -145,6 +150,10 @@ class SequenceCritic(_ValueHeadModel):
     The head starts at zero, so V = 0.5 before training.
     """
 
+    def predict(self, batch: RolloutBatch) -> Tensor:
+        """``[B]`` logits v on the batch's prompts."""
+        return self(batch.prompt_ids, batch.prompt_mask)
+
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
         """``[B, P]`` prompt ids and mask -> ``[B]`` float32 logits at the last prompt token."""
         hidden = self.hidden_states(prompt_ids, prompt_mask)
@@ -156,6 +165,10 @@ class SequenceCritic(_ValueHeadModel):
 class TokenCritic(_ValueHeadModel):
     """PPO-GAE critic: V(s_t) = w . h_{t-1} + b for every response token t (head starts at 0)."""
 
+    def predict(self, batch: RolloutBatch) -> Tensor:
+        """``[B, T]`` values of the batch's response states (padding not zeroed)."""
+        return self(batch.input_ids(), batch.attention_mask(), batch.response_ids.shape[1])
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
         """``[B, P + T]`` prompt + response -> ``[B, T]`` float32 values of the response states."""
         hidden = self.hidden_states(input_ids, attention_mask)
@@ -164,15 +177,15 @@ class TokenCritic(_ValueHeadModel):
 
 
 def build_critic(
-    kind: str,
+    strategy: CriticStrategy | None,
     name: str,
     tokenizer,
     dtype: str,
     seed: int,
     device: torch.device | str | None = None,
 ) -> nn.Module | None:
-    """``kind`` is the estimator's critic kind: "sequence", "step" or "none"."""
-    if kind == "none":
+    """The critic that ``strategy`` (``EstimatorSpec.critic_strategy``) trains, or None."""
+    if strategy is None:
         return None
     backbone = load_backbone(name, tokenizer, dtype, seed, device)
-    return SequenceCritic(backbone) if kind == "sequence" else TokenCritic(backbone)
+    return TokenCritic(backbone) if strategy.per_step else SequenceCritic(backbone)

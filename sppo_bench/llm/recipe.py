@@ -20,7 +20,7 @@ reinforce   1          0         -           -
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from sppo_bench.config import (
     LEARNING_RATE,
@@ -57,8 +57,6 @@ RECIPE_BOUNDS = {
     "eval.top_p": UNIT,
     "eval.max_new_tokens": at_least(1),
 }
-
-PAPER_SAMPLES = {"sppo": 1, "gae": 1, "grpo": 8, "rloo": 5, "remax": 1, "reinforce": 1}
 PAPER_KL = {"rloo": 0.001, "remax": 0.001}
 PAPER_CRITIC_LR = {"sppo": 5e-6, "gae": 1e-5}
 PAPER_CRITIC_WARMUP = {"sppo": 0, "gae": 50}
@@ -115,6 +113,18 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
+    """name: a registered estimator (``sppo-bench estimators``), stored as its run name.
+    estimator_params: keyword parameters per estimator name, e.g. ``{ppo-gae: {lam: 0.95}}``
+    (defaults: the estimator's own; the old keys ``gamma``, ``lam``, ``grpo_normalize_std`` and
+    ``reinforce_baseline`` still read into it)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "gamma": "estimator_params.gae.gamma",
+        "lam": "estimator_params.gae.lam",
+        "grpo_normalize_std": "estimator_params.grpo.normalize_std",
+        "reinforce_baseline": "estimator_params.reinforce.baseline",
+    }
+
     name: str = "sppo"
     n_samples: int | None = None
     kl_coef: float | None = None
@@ -122,11 +132,8 @@ class AlgoConfig:
     dual_clip: float | None = 3.0
     entropy_coef: float = 0.0
     aggregation: str = "token-mean"
-    grpo_normalize_std: bool = True
-    gamma: float = 1.0
-    lam: float = 1.0
     value_clip: float | None = 0.5
-    reinforce_baseline: Literal["mean", "none"] = "mean"
+    estimator_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,10 +206,11 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
     check_bounds(cfg, RECIPE_BOUNDS)
     spec = get_estimator(cfg.algo.name)
     name = spec.name
+    spec.configured_params(cfg.algo.estimator_params)  # unknown names are an error here
     algo = replace(
         cfg.algo,
-        name=name,
-        n_samples=cfg.algo.n_samples or PAPER_SAMPLES[name],
+        name=spec.run_name,
+        n_samples=cfg.algo.n_samples or spec.group_size,
         kl_coef=PAPER_KL.get(name, 0.0) if cfg.algo.kl_coef is None else cfg.algo.kl_coef,
     )
     critic = replace(

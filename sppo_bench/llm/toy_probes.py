@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sppo_bench.core.critics import SEQUENCE, STEP
 from sppo_bench.llm.data import Problem, build_prompt
 from sppo_bench.llm.rollout import HFEngine, RolloutBatch
 from sppo_bench.llm.update import critic_predictions
@@ -85,7 +86,7 @@ def token_value_traces(
     """
     batch = _sample(policy, tokenizer, problems, 1, temperature, max_new_tokens, seed)
     rewards = _rewards(batch, problems, reward_fn)
-    values = critic_predictions(critic, "step", batch.to(_device(critic)), micro_batch_size).cpu()
+    values = critic_predictions(critic, STEP, batch.to(_device(critic)), micro_batch_size).cpu()
     lengths = batch.response_mask.sum(dim=1).tolist()
     return [
         {"reward": r, "values": [round(float(v), 5) for v in values[i, :n]]}
@@ -111,7 +112,7 @@ def sequence_calibration(
     rewards = torch.tensor(_rewards(batch, problems, reward_fn))
     first = torch.arange(0, len(batch), k)  # rows are prompt-major: prompt j at rows j*k...
     heads = batch.select(first).to(_device(critic))
-    logits = critic_predictions(critic, "sequence", heads, micro_batch_size).cpu()
+    logits = critic_predictions(critic, SEQUENCE, heads, micro_batch_size).cpu()
     return [
         {
             "id": problem.id,

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-COLORS = {"sppo": "tab:blue", "grpo": "tab:orange", "gae": "tab:green"}
-LABELS = {"sppo": "SPPO (N=1)", "grpo": "GRPO (N=8)", "gae": "PPO-GAE (N=1)"}
+COLORS = {"sppo": "tab:blue", "grpo": "tab:orange", "ppo-gae": "tab:green"}
+LABELS = {"sppo": "SPPO (N=1)", "grpo": "GRPO (N=8)", "ppo-gae": "PPO-GAE (N=1)"}
 
 
 def _first_reaching(rows: list[dict], level: float) -> dict | None:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
+from sppo_bench.core.ppo import PPOSettings, minibatch_schedule, step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import (
     MetricsWriter,
@@ -40,6 +41,7 @@ from sppo_bench.llm.update import critic_predictions, critic_update, policy_log_
 from sppo_bench.llm.update import policy_update as run_policy_update
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+SCHEDULE_STREAM = 0  # step_generator stream of the mini-batch schedule
 
 
 def pick_device(name: str) -> torch.device:
@@ -131,7 +133,7 @@ class LLMTrainer:
         self.policy = load_policy(m.policy, self.tokenizer, m.dtype, cfg.train.seed, self.device)
         self.policy.to(self.device)
         self.critic = build_critic(
-            self.spec.critic,
+            self.spec.critic_strategy,
             cfg.critic.model,
             self.tokenizer,
             m.dtype,
@@ -231,11 +233,12 @@ class LLMTrainer:
         reward = reward.to(self.device)
         mask = batch.response_mask.float()
         micro = cfg.train.micro_batch_size
+        critic = self.spec.critic_strategy
         t0 = self._clock()
         predictions = None
         if self.critic is not None:
             predictions = critic_predictions(
-                self.critic, self.spec.critic, batch, micro, self.autocast
+                self.critic, self.spec.critic_strategy, batch, micro, self.autocast
             )
         times["time_critic"] = self._clock() - t0
 
@@ -255,36 +258,34 @@ class LLMTrainer:
             AdvantageInput(
                 rewards=rewards,
                 mask=mask,
-                values=predictions if self.spec.critic == "step" else None,
-                value_logits=predictions if self.spec.critic == "sequence" else None,
                 group_ids=batch.prompt_index,
                 baseline_rewards=baseline,
+                **(critic.advantage_inputs(predictions) if critic else {}),
             ),
-            **self._estimator_params(),
+            **self.spec.configured_params(cfg.algo.estimator_params),
         )
         times["time_update"] = self._clock() - t0
 
+        # one shuffled schedule of mini-batches for the critic and the policy phase
         rows_per_mini = cfg.train.mini_batch_size * n
+        generator = step_generator(cfg.train.seed, step, SCHEDULE_STREAM)
+        schedule = minibatch_schedule(len(batch), cfg.train.ppo_epochs, rows_per_mini, generator)
         if self.critic is not None:
             t0 = self._clock()
             row.update(
                 critic_update(
                     self.critic,
-                    self.spec.critic,
+                    critic,
                     self.critic_opt,
                     batch,
                     out.value_targets,
-                    predictions if self.spec.critic == "step" else None,
-                    rows_per_mini,
-                    micro,
-                    value_clip=cfg.algo.value_clip,
-                    aggregation=cfg.algo.aggregation,
-                    grad_clip=cfg.critic.grad_clip,
-                    epochs=cfg.train.ppo_epochs,
+                    predictions,
+                    schedule,
+                    self._ppo_settings(cfg.critic.grad_clip),
                     autocast=self.autocast,
                 )
             )
-            row.update(_calibration(predictions, self.spec.critic, reward))
+            row.update(_calibration(critic.start_values(predictions), reward))
             times["time_critic"] += self._clock() - t0
 
         if step >= cfg.critic.warmup_steps or self.critic is None:
@@ -297,15 +298,9 @@ class LLMTrainer:
                     batch,
                     old_lp,
                     out.advantages,
-                    rows_per_mini,
-                    micro,
+                    schedule,
+                    self._ppo_settings(cfg.actor.grad_clip),
                     r.temperature,
-                    clip_eps=cfg.algo.clip_eps,
-                    dual_clip=cfg.algo.dual_clip,
-                    entropy_coef=cfg.algo.entropy_coef,
-                    aggregation=cfg.algo.aggregation,
-                    grad_clip=cfg.actor.grad_clip,
-                    epochs=cfg.train.ppo_epochs,
                     autocast=self.autocast,
                 )
             )
@@ -324,20 +319,24 @@ class LLMTrainer:
             row.update({f"verifier_{k}": v - before.get(k, 0) for k, v in after.items()})
         return row
 
+    def _ppo_settings(self, max_grad_norm: float) -> PPOSettings:
+        a = self.cfg.algo
+        return PPOSettings(
+            clip_eps=a.clip_eps,
+            dual_clip=a.dual_clip,
+            entropy_coef=a.entropy_coef,
+            aggregation=a.aggregation,
+            max_grad_norm=max_grad_norm,
+            value_clip=a.value_clip,
+            micro_batch_rows=self.cfg.train.micro_batch_size,
+        )
+
     def _set_actor_lr(self, updates_before: int) -> None:
         """Linear lr warm-up over the first ``actor.warmup_steps`` policy-updating steps."""
         a = self.cfg.actor
         scale = min(1.0, (updates_before + 1) / a.warmup_steps) if a.warmup_steps > 0 else 1.0
         for group in self.actor_opt.param_groups:
             group["lr"] = a.lr * scale
-
-    def _estimator_params(self) -> dict[str, object]:
-        a = self.cfg.algo
-        return {
-            "gae": {"gamma": a.gamma, "lam": a.lam},
-            "grpo": {"normalize_std": a.grpo_normalize_std},
-            "reinforce": {"baseline": a.reinforce_baseline},
-        }.get(self.spec.name, {})
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -414,9 +413,8 @@ class LLMTrainer:
             self.verifier.close()
 
 
-def _calibration(predictions: torch.Tensor, kind: str, reward: torch.Tensor) -> dict[str, float]:
-    """Brier score and mean V vs mean R of the critic's pre-update V(s_0)."""
-    v = torch.sigmoid(predictions) if kind == "sequence" else predictions[:, 0]
+def _calibration(v: torch.Tensor, reward: torch.Tensor) -> dict[str, float]:
+    """Brier score and mean V vs mean R of the critic's pre-update V(s_0) ``v`` ``[B]``."""
     return {
         "critic_brier": float(((v - reward) ** 2).mean()),
         "value_mean": float(v.mean()),

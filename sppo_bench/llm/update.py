@@ -8,13 +8,14 @@ exactly the gradient of the whole mini-batch's loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
 
-from sppo_bench.core import aggregate, bce_value_loss, clipped_policy_loss, clipped_value_loss
+from sppo_bench.core import CriticStrategy
+from sppo_bench.core.ppo import PPOSettings, critic_phase, policy_phase
 from sppo_bench.llm.models import response_log_probs
 from sppo_bench.llm.rollout import RolloutBatch
 
@@ -28,11 +29,6 @@ def no_autocast() -> AbstractContextManager:
 def chunks(rows: Tensor, size: int) -> list[Tensor]:
     """Split a ``[n]`` row-index tensor into consecutive pieces of at most ``size``."""
     return [rows[i : i + size] for i in range(0, len(rows), size)]
-
-
-def _counts(mask: Tensor) -> tuple[float, float]:
-    """(tokens, non-empty sequences) of a ``[B, T]`` mask."""
-    return float(mask.sum()), float((mask.sum(dim=1) > 0).sum())
 
 
 @torch.no_grad()
@@ -60,26 +56,19 @@ def policy_log_probs(
 @torch.no_grad()
 def critic_predictions(
     critic: nn.Module,
-    kind: str,
+    strategy: CriticStrategy,
     batch: RolloutBatch,
     micro_batch_size: int,
     autocast: AutocastFactory = no_autocast,
 ) -> Tensor:
     """Sequence critic: ``[B]`` logits v. Step critic: ``[B, T]`` values (0 on padding)."""
     critic.eval()
-    if kind == "sequence":
-        out = torch.zeros(len(batch), device=batch.prompt_ids.device)
-    else:
-        out = torch.zeros_like(batch.log_probs)
+    shape = strategy.output_shape(len(batch), batch.log_probs.shape[1])
+    out = torch.zeros(shape, device=batch.log_probs.device)
     for rows in chunks(torch.arange(len(batch)), micro_batch_size):
         sub = batch.select(rows)
         with autocast():
-            if kind == "sequence":
-                out[rows.to(out.device)] = critic(sub.prompt_ids, sub.prompt_mask).float()
-            else:
-                t = sub.response_ids.shape[1]
-                values = critic(sub.input_ids(), sub.attention_mask(), t).float()
-                out[rows.to(out.device), :t] = values * sub.response_mask
+            strategy.put(out, rows.to(out.device), critic.predict(sub).float(), sub.response_mask)
     return out
 
 
@@ -89,111 +78,56 @@ def policy_update(
     batch: RolloutBatch,
     old_log_probs: Tensor,
     advantages: Tensor,
-    mini_batch_rows: int,
-    micro_batch_size: int,
+    schedule: Sequence[Tensor],
+    settings: PPOSettings,
     temperature: float,
-    clip_eps: float = 0.2,
-    dual_clip: float | None = 3.0,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token-mean",
-    grad_clip: float = 1.0,
-    epochs: int = 1,
     autocast: AutocastFactory = no_autocast,
 ) -> dict[str, float]:
-    """PPO clipped-surrogate steps over the batch; returns token-weighted mean diagnostics."""
+    """The core's clipped-surrogate phase (``sppo_bench.core.ppo.policy_phase``) over the
+    ``schedule``'s mini-batches of rows, with this track's forward pass."""
     model.train()
-    mask_all = batch.response_mask.to(old_log_probs.dtype)
-    stats = {"policy_loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
-    norms: list[float] = []
-    total_tokens = float(mask_all.sum()) * epochs
-    for _ in range(epochs):
-        for mini in chunks(torch.arange(len(batch)), mini_batch_rows):
-            tokens, seqs = _counts(mask_all[mini])
-            for rows in chunks(mini, micro_batch_size):
-                sub = batch.select(rows)
-                t = sub.response_ids.shape[1]
-                mask = sub.response_mask.to(old_log_probs.dtype)
-                with autocast():
-                    lp, entropy = response_log_probs(
-                        model, sub.input_ids(), sub.attention_mask(), t, temperature, True
-                    )
-                out = clipped_policy_loss(
-                    lp.float(),
-                    old_log_probs[rows, :t],
-                    advantages[rows, :t],
-                    mask,
-                    clip_eps=clip_eps,
-                    dual_clip=dual_clip,
-                    aggregation=aggregation,
-                    global_tokens=tokens,
-                    global_seqs=seqs,
-                )
-                loss = out.loss
-                if entropy_coef:
-                    ent = aggregate(entropy, mask, aggregation, tokens, seqs)
-                    loss = loss - entropy_coef * ent
-                loss.backward()
-                n = float(mask.sum())
-                stats["policy_loss"] += float(out.loss.detach()) * tokens / max(total_tokens, 1.0)
-                stats["approx_kl"] += float(out.approx_kl) * n / max(total_tokens, 1.0)
-                stats["clip_fraction"] += float(out.clip_fraction) * n / max(total_tokens, 1.0)
-                stats["entropy"] += float((entropy.detach() * mask).sum()) / max(total_tokens, 1.0)
-            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    stats["grad_norm"] = sum(norms) / len(norms) if norms else 0.0
-    return stats
+
+    def forward(rows: Tensor) -> tuple[Tensor, Tensor]:
+        sub = batch.select(rows)
+        with autocast():
+            return response_log_probs(
+                model,
+                sub.input_ids(),
+                sub.attention_mask(),
+                sub.response_ids.shape[1],
+                temperature,
+                True,
+            )
+
+    mask = batch.response_mask
+    params = list(model.parameters())
+    return policy_phase(
+        forward, params, optimizer, schedule, old_log_probs, advantages, mask, settings
+    )
 
 
 def critic_update(
     critic: nn.Module,
-    kind: str,
+    strategy: CriticStrategy,
     optimizer: torch.optim.Optimizer,
     batch: RolloutBatch,
     targets: Tensor,
     old_values: Tensor | None,
-    mini_batch_rows: int,
-    micro_batch_size: int,
-    value_clip: float | None = None,
-    aggregation: str = "token-mean",
-    grad_clip: float = 1.0,
-    epochs: int = 1,
+    schedule: Sequence[Tensor],
+    settings: PPOSettings,
     autocast: AutocastFactory = no_autocast,
 ) -> dict[str, float]:
-    """Sequence critic: BCE(v, R) with ``targets`` ``[B]``. Step critic: clipped squared error
-    against the returns ``targets`` ``[B, T]`` (``old_values`` ``[B, T]`` for the clip)."""
+    """The core's critic phase (``sppo_bench.core.ppo.critic_phase``): BCE(v, R) with
+    ``targets`` ``[B]`` (sequence critic), or the clipped squared error against the returns
+    ``targets`` ``[B, T]`` with ``old_values`` ``[B, T]`` for the clip (step critic)."""
     critic.train()
-    losses, norms = [], []
-    for _ in range(epochs):
-        for mini in chunks(torch.arange(len(batch)), mini_batch_rows):
-            tokens, seqs = _counts(batch.response_mask[mini])
-            mini_loss = 0.0
-            for rows in chunks(mini, micro_batch_size):
-                sub = batch.select(rows)
-                with autocast():
-                    if kind == "sequence":
-                        logits = critic(sub.prompt_ids, sub.prompt_mask).float()
-                        loss = bce_value_loss(logits, targets[rows]) * (len(rows) / len(mini))
-                    else:
-                        t = sub.response_ids.shape[1]
-                        values = critic(sub.input_ids(), sub.attention_mask(), t).float()
-                        loss = clipped_value_loss(
-                            values,
-                            old_values[rows, :t],
-                            targets[rows, :t],
-                            sub.response_mask,
-                            clip=value_clip,
-                            aggregation=aggregation,
-                            global_tokens=tokens,
-                            global_seqs=seqs,
-                        )
-                loss.backward()
-                mini_loss += float(loss.detach())
-            losses.append(mini_loss)
-            norms.append(float(torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return {
-        "critic_loss": sum(losses) / len(losses),
-        "critic_grad_norm": sum(norms) / len(norms),
-    }
+
+    def forward(rows: Tensor) -> Tensor:
+        with autocast():
+            return critic.predict(batch.select(rows)).float()
+
+    params = list(critic.parameters())
+    mask = batch.response_mask
+    return critic_phase(
+        forward, strategy, params, optimizer, schedule, targets, old_values, mask, settings
+    )

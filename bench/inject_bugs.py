@@ -1,0 +1,179 @@
+"""Inject known wiring bugs one at a time and check that the test suite catches each.
+
+For every bug: copy the project (package, tests, task specs, recipes) to a temporary folder,
+apply one textual patch there (never to the working tree), run the tests against the copy and
+record which tests failed. A patch whose pattern no longer matches exactly once stops the script
+with an error naming the bug and file, so the list cannot silently go stale after a refactor.
+
+    python bench/inject_bugs.py            # the test files relevant to each bug
+    python bench/inject_bugs.py --full     # the whole fast suite for every bug
+    python bench/inject_bugs.py --only control-lr-ignored
+
+Prints a table ``bug | caught (failed tests) / NOT caught`` and exits 1 if any bug is not caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("sppo_bench", "tests", "envs", "llm", "pyproject.toml")
+CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py")
+LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py")
+
+
+@dataclass(frozen=True)
+class Bug:
+    """Replace the single match of ``pattern`` (a regex) in ``path`` by ``replacement``."""
+
+    name: str
+    path: str
+    pattern: str
+    replacement: str
+    tests: tuple[str, ...]
+
+
+BUGS = (
+    Bug(
+        "control-advantage-sign",
+        "sppo_bench/control/update.py",
+        r"advantages = out\.advantages\.detach\(\)",
+        "advantages = -out.advantages.detach()",
+        CONTROL_TESTS,
+    ),
+    Bug(
+        "llm-advantage-sign",
+        "sppo_bench/llm/trainer.py",
+        r"(old_lp,\s*)out\.advantages,",
+        r"\1-out.advantages,",
+        LLM_TESTS,
+    ),
+    Bug(
+        "control-clip-ignored",
+        "sppo_bench/control/update.py",
+        r"clip_eps=cfg\.clip_eps",
+        "clip_eps=0.2",
+        CONTROL_TESTS,
+    ),
+    Bug(
+        "control-lr-ignored",
+        "sppo_bench/control/trainer.py",
+        r"torch\.optim\.Adam\(params, lr=cfg\.lr\)",
+        "torch.optim.Adam(params)",
+        CONTROL_TESTS,
+    ),
+    Bug(
+        "control-critic-never-steps",
+        "sppo_bench/control/trainer.py",
+        r"self\.critic_opt = torch\.optim\.Adam\(",
+        "self.critic_opt = None and torch.optim.Adam(",
+        CONTROL_TESTS,
+    ),
+    Bug(
+        "core-loop-critic-never-steps",
+        "sppo_bench/core/ppo.py",
+        r"append\(_step\(params, optimizer, cfg\.max_grad_norm\)\)\n(\s*)stats\[\"losses/value\"\]",
+        r'append(0.0)\n\1stats["losses/value"]',
+        CONTROL_TESTS + LLM_TESTS,
+    ),
+    Bug(
+        "llm-estimator-params-dropped",
+        "sppo_bench/llm/trainer.py",
+        r"\*\*self\.spec\.configured_params\(cfg\.algo\.estimator_params\),",
+        "",
+        LLM_TESTS,
+    ),
+)
+
+
+def copy_project(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def apply(bug: Bug, root: Path) -> None:
+    """Patch the copy under ``root``; exit loudly unless the pattern matches exactly once."""
+    path = root / bug.path
+    text = path.read_text()
+    new, count = re.subn(bug.pattern, bug.replacement, text)
+    if count != 1:
+        sys.exit(
+            f"inject_bugs: the patch for {bug.name!r} matches {count} times in {bug.path} "
+            f"(pattern {bug.pattern!r}); update it to the current code"
+        )
+    path.write_text(new)
+
+
+def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, list[str], float]:
+    """(exit code, failed test ids, seconds) of pytest on ``tests`` in the copy at ``root``."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
+    return proc.returncode, failed, time.time() - start
+
+
+def summarize(failed: list[str]) -> str:
+    """``test_a[x], test_a[y], test_b`` -> ``test_a (2), test_b (1)``, in order of appearance."""
+    counts: dict[str, int] = {}
+    for test_id in failed:
+        name = test_id.split("::", 1)[-1].split("[", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} ({n})" for name, n in counts.items())
+
+
+def check(bug: Bug | None, full: bool) -> tuple[int, list[str], float]:
+    with tempfile.TemporaryDirectory(prefix="inject_bugs_") as tmp:
+        root = Path(tmp)
+        copy_project(root)
+        if bug is not None:
+            apply(bug, root)
+        tests = () if full else (bug.tests if bug else CONTROL_TESTS + LLM_TESTS)
+        return run_tests(root, tests)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="run the whole fast suite per bug")
+    parser.add_argument("--only", nargs="*", help="bug names (default: all)")
+    args = parser.parse_args()
+    bugs = [b for b in BUGS if not args.only or b.name in args.only]
+    with tempfile.TemporaryDirectory() as tmp:  # every patch must apply before anything runs
+        copy_project(Path(tmp))
+        for bug in bugs:
+            apply(bug, Path(tmp))
+    code, failed, seconds = check(None, args.full)
+    if code != 0:
+        sys.exit(f"inject_bugs: the unpatched tests fail ({', '.join(failed)}); fix them first")
+    print(f"unpatched: all pass ({seconds:.0f} s)")
+    print("| bug | result | failed tests |\n|---|---|---|")
+    missed = 0
+    for bug in bugs:
+        code, failed, seconds = check(bug, args.full)
+        if code not in (0, 1):  # not a test failure: the patched copy does not even run
+            sys.exit(f"inject_bugs: the patch for {bug.name!r} breaks pytest (exit {code})")
+        caught = code == 1 and bool(failed)
+        missed += not caught
+        names = summarize(failed)
+        verdict = f"caught ({len(failed)} failed, {seconds:.0f} s)" if caught else "NOT caught"
+        print(f"| {bug.name} | {verdict} | {names if caught else ''} |", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

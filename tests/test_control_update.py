@@ -1,0 +1,276 @@
+"""The control update's wiring, pinned against closed forms on a fixed tiny batch.
+
+A linear softmax policy pi(a | s) = softmax(W s + b)[a] makes the PPO gradient explicit: with
+ratio r_t = pi(a_t | s_t) / pi_old(a_t | s_t), token-mean aggregation over N real steps,
+
+    dL/dz_t = -(A_t r_t / N) * active_t * (onehot(a_t) - pi(. | s_t)),   z_t = W s_t + b,
+
+where active_t is 0 where the clip holds the ratio (A > 0 and r > 1 + eps, or A < 0 and
+r < 1 - eps). Plain SGD then moves (W, b) by -lr times that gradient, epoch after epoch.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from sppo_bench.control.cloning import build_policy
+from sppo_bench.control.policies import Policy, ValueNet
+from sppo_bench.control.spec import RLConfig, load_spec
+from sppo_bench.control.trainer import Trainer
+from sppo_bench.control.update import BatchTensors, ppo_update
+from sppo_bench.core import get_estimator
+
+LENGTHS = [3, 2, 3, 1]
+SUCCESS = [1.0, 0.0, 1.0, 0.0]
+
+
+def _batch(obs_dim: int = 2, n_actions: int = 3, success=SUCCESS) -> BatchTensors:
+    """Four episodes of at most 3 steps, binary terminal rewards, groups {0, 1} and {2, 3}."""
+    g = torch.Generator().manual_seed(0)
+    bsz, horizon = len(LENGTHS), max(LENGTHS)
+    mask = torch.zeros(bsz, horizon)
+    rewards = torch.zeros(bsz, horizon)
+    for b, (n, r) in enumerate(zip(LENGTHS, success, strict=True)):
+        mask[b, :n] = 1.0
+        rewards[b, n - 1] = r
+    obs = torch.randn(bsz, horizon, obs_dim, generator=g)
+    actions = torch.randint(0, n_actions, (bsz, horizon), generator=g)
+    return BatchTensors(obs, actions, rewards, mask)
+
+
+GROUPS = torch.tensor([0, 0, 1, 1])
+
+
+def _linear_policy(obs_dim: int = 2, n_actions: int = 3) -> Policy:
+    torch.manual_seed(1)
+    return Policy(obs_dim, True, n_actions, hidden=[])
+
+
+def _cfg(**kw) -> RLConfig:
+    base = dict(epochs=1, minibatches=1, max_grad_norm=1e9, ent_coef=0.0, dual_clip=None)
+    return RLConfig(**{**base, **kw})
+
+
+def _closed_form_grad(w, b, data: BatchTensors, adv, old_lp, clip: float):
+    """(dL/dW, dL/db) of the clipped token-mean surrogate, float64, from the formula above."""
+    x = data.obs.double()
+    p = torch.softmax(x @ w.T + b, dim=-1)
+    lp = torch.log(p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1))
+    ratio = torch.exp(lp - old_lp)
+    active = ((adv > 0) & (ratio <= 1 + clip)) | ((adv < 0) & (ratio >= 1 - clip))
+    m = data.mask.double()
+    coef = -adv * ratio * active.double() * m / m.sum()
+    onehot = torch.nn.functional.one_hot(data.actions, p.shape[-1]).double()
+    dz = coef.unsqueeze(-1) * (onehot - p)
+    return torch.einsum("bta,btd->ad", dz, x), dz.sum(dim=(0, 1))
+
+
+def _log_probs(w, b, data: BatchTensors):
+    p = torch.softmax(data.obs.double() @ w.T + b, dim=-1)
+    return torch.log(p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1))
+
+
+def _sgd_closed_form(policy: Policy, data, adv, lr: float, clip: float, epochs: int):
+    """The (W, b) that ``epochs`` plain-SGD steps on the whole batch reach."""
+    w = policy.net[0].weight.detach().double().clone()
+    b = policy.net[0].bias.detach().double().clone()
+    old_lp = _log_probs(w, b, data)
+    for _ in range(epochs):
+        gw, gb = _closed_form_grad(w, b, data, adv.double(), old_lp, clip)
+        w, b = w - lr * gw, b - lr * gb
+    return w, b
+
+
+def _run_update(policy, cfg: RLConfig, algo: str, data, lr: float, critic=None, critic_lr=0.1):
+    policy_opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=lr)
+    critic_opt = torch.optim.SGD(critic.parameters(), lr=critic_lr) if critic else None
+    generator = torch.Generator().manual_seed(0)
+    return ppo_update(
+        policy,
+        critic,
+        policy_opt,
+        critic_opt,
+        get_estimator(algo),
+        cfg,
+        data,
+        GROUPS,
+        None,
+        generator,
+    )
+
+
+def _reinforce_advantage(success) -> torch.Tensor:
+    """A = R - mean R on every real step (REINFORCE with its default mean baseline)."""
+    r = torch.tensor(success, dtype=torch.float64)
+    return (r - r.mean()).unsqueeze(-1) * _batch().mask.double()
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("lr, clip, epochs", [(0.5, 0.05, 3), (0.5, 10.0, 3), (0.2, 0.2, 1)])
+def test_sgd_step_is_the_closed_form_gradient(sign, lr, clip, epochs):
+    success = SUCCESS if sign > 0 else [1.0 - s for s in SUCCESS]
+    data = _batch(success=success)
+    policy = _linear_policy()
+    expected_w, expected_b = _sgd_closed_form(
+        policy, data, _reinforce_advantage(success), lr, clip, epochs
+    )
+    _run_update(policy, _cfg(clip_eps=clip, epochs=epochs), "reinforce", data, lr)
+    got_w, got_b = policy.net[0].weight.double(), policy.net[0].bias.double()
+    assert torch.allclose(got_w, expected_w, atol=1e-5) and torch.allclose(
+        got_b, expected_b, atol=1e-5
+    )
+
+
+def test_closed_form_depends_on_sign_lr_and_clip():
+    """The cases above differ from one another, so each pins its setting."""
+    data, policy = _batch(), _linear_policy()
+    adv = _reinforce_advantage(SUCCESS)
+    w0 = policy.net[0].weight.detach().double()
+    step = _sgd_closed_form(policy, data, adv, 0.5, 0.05, 3)[0] - w0
+    assert not torch.allclose(step, _sgd_closed_form(policy, data, adv, 0.5, 10.0, 3)[0] - w0)
+    assert not torch.allclose(step, _sgd_closed_form(policy, data, adv, 0.5, 0.2, 3)[0] - w0)
+    one = _sgd_closed_form(policy, data, adv, 0.2, 0.2, 1)[0] - w0
+    assert torch.allclose(_sgd_closed_form(policy, data, -adv, 0.2, 0.2, 1)[0] - w0, -one)
+    assert torch.allclose(_sgd_closed_form(policy, data, adv, 0.4, 0.2, 1)[0] - w0, 2 * one)
+
+
+def _gae(rewards, values, mask, gamma: float, lam: float) -> torch.Tensor:
+    """A_t = sum_l (gamma lam)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t (V = 0 after
+    the last real step), written as the explicit sum."""
+    bsz, horizon = rewards.shape
+    out = torch.zeros(bsz, horizon, dtype=torch.float64)
+    for b in range(bsz):
+        n = int(mask[b].sum())
+        v = [float(values[b, t]) for t in range(n)] + [0.0]
+        delta = [float(rewards[b, t]) + gamma * v[t + 1] - v[t] for t in range(n)]
+        for t in range(n):
+            out[b, t] = sum((gamma * lam) ** (k - t) * delta[k] for k in range(t, n))
+    return out
+
+
+@pytest.mark.parametrize("gamma, lam", [(0.9, 0.5), (1.0, 1.0)])
+def test_gae_parameters_reach_the_estimator(gamma, lam):
+    data, policy = _batch(), _linear_policy()
+    torch.manual_seed(2)
+    critic = ValueNet(2, hidden=[])
+    with torch.no_grad():
+        values = critic(data.obs)
+    adv = _gae(data.rewards, values, data.mask, gamma, lam)
+    expected_w, expected_b = _sgd_closed_form(policy, data, adv, 0.3, 0.2, 1)
+    cfg = _cfg(estimator_params={"gae": {"gamma": gamma, "lam": lam}})
+    _run_update(policy, cfg, "ppo-gae", data, 0.3, critic)
+    assert torch.allclose(policy.net[0].weight.double(), expected_w, atol=1e-5)
+    assert torch.allclose(policy.net[0].bias.double(), expected_b, atol=1e-5)
+    assert not torch.allclose(adv, _gae(data.rewards, values, data.mask, 0.5, 0.2))
+
+
+@pytest.mark.parametrize("normalize_std", [True, False])
+def test_grpo_std_normalisation_reaches_the_estimator(normalize_std):
+    data, policy = _batch(), _linear_policy()
+    r = torch.tensor(SUCCESS, dtype=torch.float64)
+    # groups {0, 1} and {2, 3} each hold one success: mean 0.5, population std 0.5
+    per_seq = (r - 0.5) / (0.5 + 1e-6) if normalize_std else r - 0.5
+    adv = per_seq.unsqueeze(-1) * data.mask.double()
+    expected_w, _ = _sgd_closed_form(policy, data, adv, 0.3, 0.2, 1)
+    cfg = _cfg(estimator_params={"grpo": {"normalize_std": normalize_std}})
+    _run_update(policy, cfg, "grpo", data, 0.3)
+    assert torch.allclose(policy.net[0].weight.double(), expected_w, atol=1e-5)
+
+
+def _critic_loss(critic: ValueNet, algo: str, data: BatchTensors, targets) -> float:
+    with torch.no_grad():
+        if algo == "sppo":
+            return float(
+                torch.nn.functional.binary_cross_entropy_with_logits(
+                    critic(data.obs[:, 0]), targets
+                )
+            )
+        err = (critic(data.obs) - targets) ** 2
+        return float(0.5 * (err * data.mask).sum() / data.mask.sum())
+
+
+@pytest.mark.parametrize("algo", ["sppo", "ppo-gae"])
+def test_critic_step_lowers_its_loss(algo):
+    data, policy = _batch(), _linear_policy()
+    torch.manual_seed(3)
+    critic = ValueNet(2, hidden=[8])
+    before = copy.deepcopy(critic)
+    if algo == "sppo":
+        targets = torch.tensor(SUCCESS)  # BCE on R from s_0
+    else:  # gamma = lam = 1 with a terminal reward: the return is R on every real step
+        targets = torch.tensor(SUCCESS).unsqueeze(-1) * data.mask
+    stats = _run_update(policy, _cfg(), algo, data, 0.1, critic, critic_lr=0.2)
+    assert stats["losses/value"] == pytest.approx(_critic_loss(before, algo, data, targets))
+    assert _critic_loss(critic, algo, data, targets) < _critic_loss(before, algo, data, targets)
+    for new, old in zip(critic.parameters(), before.parameters(), strict=True):
+        assert not torch.equal(new, old)
+
+
+def _cartpole_trainer(tmp_path, algo: str, *overrides: str) -> Trainer:
+    spec = load_spec("cartpole", ["policy.hidden=[]", *overrides])
+    clone = tmp_path / "clone.pt"
+    torch.manual_seed(4)
+    torch.save({"state_dict": build_policy(spec).state_dict()}, clone)
+    return Trainer(spec, algo, 0, tmp_path / "run", clone)
+
+
+@pytest.mark.parametrize("lr, critic_lr", [(0.01, 0.003), (0.002, 0.02)])
+def test_trainer_optimisers_take_the_configured_learning_rates(tmp_path, lr, critic_lr):
+    """The trainer's own optimisers (Adam): the first step moves a parameter with gradient g by
+    -lr * g / (|g| + 1e-8), and every critic parameter moves by at most critic_lr."""
+    sets = [f"rl.lr={lr}", f"rl.critic_lr={critic_lr}", "rl.epochs=1", "rl.minibatches=1"]
+    trainer = _cartpole_trainer(tmp_path, "sppo", *sets, "rl.max_grad_norm=1e9")
+    data = _batch(obs_dim=4, n_actions=2)
+    policy, critic = trainer.policy, trainer.critic
+    critic_before = copy.deepcopy(critic)
+    with torch.no_grad():
+        v0 = torch.sigmoid(critic(data.obs[:, 0])).double()
+    adv = (torch.tensor(SUCCESS, dtype=torch.float64) - v0).unsqueeze(-1) * data.mask.double()
+    w0 = policy.net[0].weight.detach().double().clone()
+    b0 = policy.net[0].bias.detach().double().clone()
+    x = policy.normalize(data.obs).double()
+    normalized = BatchTensors(x, data.actions, data.rewards, data.mask)
+    gw, gb = _closed_form_grad(w0, b0, normalized, adv, _log_probs(w0, b0, normalized), 0.2)
+    trainer.update(data, None, None, torch.Generator().manual_seed(0))
+    for got, before, g in ((policy.net[0].weight, w0, gw), (policy.net[0].bias, b0, gb)):
+        expected = before - lr * g / (g.abs() + 1e-8)
+        assert torch.allclose(got.double(), expected, atol=lr * 1e-3)
+    moves = [
+        (a - b).detach().abs().max()
+        for a, b in zip(critic.parameters(), critic_before.parameters(), strict=True)
+    ]
+    assert all(0 < float(m) <= critic_lr * 1.001 for m in moves)
+    assert max(float(m) for m in moves) == pytest.approx(critic_lr, rel=1e-3)
+
+
+def test_sppo_raises_the_success_rate_of_a_one_state_bandit():
+    """One state, two actions, success iff a = 1, p(a = 1) = 0.2 at first. Each sample's SPPO
+    advantage is 1 - V > 0 where a = 1 and -V < 0 where a = 0, with V = sigmoid(v) in (0, 1), so
+    every unclipped gradient step raises p(a = 1): it must rise at every update."""
+    policy = Policy(1, True, 2, hidden=[])
+    with torch.no_grad():
+        policy.net[0].weight.zero_()
+        policy.net[0].bias.copy_(torch.tensor([np.log(4.0), 0.0]))
+    critic = ValueNet(1, hidden=[])
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=0.05)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    obs = torch.zeros(16, 1, 1)
+
+    def p_success() -> float:
+        with torch.no_grad():
+            return float(torch.softmax(policy(obs[0, 0]), -1)[1])
+
+    rates = [p_success()]
+    for _ in range(5):
+        actions = policy.act(obs[:, 0], generator=g).unsqueeze(-1)
+        data = BatchTensors(obs, actions, actions.float(), torch.ones(16, 1))
+        cfg = RLConfig(epochs=2, minibatches=2)
+        ppo_update(policy, critic, policy_opt, critic_opt, get_estimator("sppo"), cfg, data,
+                   None, None, g)  # fmt: skip
+        rates.append(p_success())
+    assert rates[0] == pytest.approx(0.2)
+    assert all(b > a for a, b in zip(rates[:-1], rates[1:], strict=True))
+    assert rates[-1] > 0.3
