@@ -135,12 +135,24 @@ class MetricsWriter:
     and line, so that no later rows are silently dropped. A row with a non-finite number is
     refused with ``DivergedError`` (strict JSON has no NaN); ``strict=False`` (benchmark tables,
     not runs) writes and reads NaN as Python's ``json`` does.
+
+    ``tensorboard``: a folder where every appended row's numbers are also written as TensorBoard
+    scalars under the same names, at the row's ``update`` (control) or ``step`` (LLM); after a
+    resume, events past the checkpoint are purged, as the rows are.
     """
 
-    def __init__(self, path: str | os.PathLike[str], strict: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        strict: bool = True,
+        tensorboard: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.strict = strict
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = Path(tensorboard) if tensorboard is not None else None
+        self._board: Any = None
+        self._purge_step: int | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -171,6 +183,7 @@ class MetricsWriter:
         return out
 
     def truncate_after(self, key: str, value: float) -> None:
+        self._purge_step = int(value) + 1
         kept = [r for r in self.rows() if r.get(key, -1) <= value]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
@@ -187,6 +200,29 @@ class MetricsWriter:
             handle.write(json.dumps(dict(row), allow_nan=not self.strict) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        if self.tensorboard is not None:
+            self._to_tensorboard(row)
+
+    def _to_tensorboard(self, row: Mapping[str, Any]) -> None:
+        step = next((int(row[k]) for k in ("update", "step") if k in row), None)
+        if self._board is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "--tensorboard needs TensorBoard: pip install tensorboard"
+                ) from None
+            self._board = SummaryWriter(str(self.tensorboard), purge_step=self._purge_step)
+        for key, value in row.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._board.add_scalar(key, value, global_step=step)
+        self._board.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer, if any (the JSONL file is closed after every row)."""
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
 
 def _refuse_constant(name: str) -> float:

@@ -456,3 +456,54 @@ def test_kill_9_of_a_real_suite_then_a_rerun_gives_each_row_once(tmp_path):
     for m in metrics:
         updates = [json.loads(x)["update"] for x in m.read_text().splitlines()]
         assert updates == list(range(25))  # every update once, in order
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    reader = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = reader.EventAccumulator(str(folder))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_mirrors_the_metrics_rows_in_both_tracks(runs, tmp_path):
+    from test_llm_trainer import _config, _problems
+
+    from sppo_bench.llm.trainer import LLMTrainer
+
+    board = tmp_path / "tb-control"
+    args = ["control", "train", "--task", "mountaincar", "--algo", "ppo-gae", "--seed", "5"]
+    args += [
+        "--episodes",
+        "8",
+        "--runs-dir",
+        str(runs),
+        "--no-progress",
+        "--tensorboard",
+        str(board),
+    ]
+    assert main([*args, *_sets(TINY_RL)]) == 0
+    rows = [
+        json.loads(x)
+        for x in (runs / "control/mountaincar/ppo-gae/seed5/metrics.jsonl").read_text().splitlines()
+    ]
+    scalars = _scalars(board)
+    for key in ("eval/success_stochastic", "losses/policy", "charts/SPS"):
+        want = [(r["update"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+        assert [(s, pytest.approx(v)) for s, v in scalars[key]] == want, key
+    prompts, golds = _problems()
+    trainer = LLMTrainer(
+        _config("sppo", 2),
+        tmp_path / "llm",
+        prompts=prompts,
+        golds=golds,
+        tensorboard=tmp_path / "tb",
+    )
+    try:
+        llm_rows = trainer.train(progress=False)
+    finally:
+        trainer.close()
+    llm = _scalars(tmp_path / "tb")
+    assert [s for s, _ in llm["reward_mean"]] == [1, 2]
+    assert [v for _, v in llm["losses/value"]] == pytest.approx(
+        [r["losses/value"] for r in llm_rows]
+    )

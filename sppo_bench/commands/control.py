@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(train)
     train.add_argument("--algo", required=True, help=ALGO_HELP)
     train.add_argument("--episodes", type=int_at_least(1), help="training-episode budget")
+    train.add_argument(
+        "--tensorboard", type=Path, help="also write the metrics as TensorBoard scalars here"
+    )
     train.set_defaults(func=run_train)
 
     evaluate = stages.add_parser(
@@ -113,6 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.episodes,
         args.overrides,
         not args.no_progress,
+        args.tensorboard,
     )
     print(f"run: {out}\n{(out / 'done').read_text()}", end="")
     return 0

@@ -34,6 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="override a recipe key, e.g. --set train.steps=10 (repeatable)",
         )
         p.add_argument("--run-dir", help="run folder (default: train.output_dir/<algo>)")
+        if name == "train":
+            p.add_argument(
+                "--tensorboard", type=Path, help="also write the metrics as TensorBoard scalars"
+            )
         p.add_argument(
             "--threads", type=int_at_least(1), default=1, help="torch CPU threads (default 1)"
         )
@@ -65,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
         if done >= cfg.train.steps:
             print(f"{run_dir}: finished ({done} steps); nothing to do")
             return 0
-    trainer = LLMTrainer(cfg, run_dir)
+    trainer = LLMTrainer(cfg, run_dir, tensorboard=getattr(args, "tensorboard", None))
     try:
         rows = trainer.train()
     finally:

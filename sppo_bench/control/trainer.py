@@ -61,7 +61,15 @@ def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
 class Trainer:
     """Holds the networks, optimisers, envs and counters of one run."""
 
-    def __init__(self, spec: TaskSpec, algo: str, seed: int, run_dir: Path, clone: Path) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        algo: str,
+        seed: int,
+        run_dir: Path,
+        clone: Path,
+        tensorboard: Path | None = None,
+    ) -> None:
         self.spec, self.seed, self.run_dir = spec, seed, run_dir
         self.estimator = get_estimator(algo)
         self.algo = self.estimator.run_name
@@ -93,7 +101,7 @@ class Trainer:
         eval_envs = math.gcd(cfg.n_eval, 64)
         self.eval_env = make_vector_env(spec.task, eval_envs, cfg.backend)
         self.state = {"update": 0, "episodes": 0, "env_steps": 0, "wall_time": 0.0}
-        self.metrics = MetricsWriter(run_dir / "metrics.jsonl")
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", tensorboard=tensorboard)
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
@@ -323,11 +331,13 @@ def train_run(
     episodes: int | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    tensorboard: Path | None = None,
 ) -> Path:
     """Train (or resume, or skip if done) one RL run and return its directory.
 
     ``episodes``: the training-episode budget (None = the task yaml's ``rl.episodes``); the run
-    makes ceil(episodes / trajectories_per_update) updates.
+    makes ceil(episodes / trajectories_per_update) updates. ``tensorboard``: a folder that also
+    receives every metrics row as TensorBoard scalars.
     """
     torch.set_num_threads(1)
     relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
@@ -341,11 +351,13 @@ def train_run(
         if (run_dir / "done").is_file():  # finished by the process that held the lock
             return run_dir
         write_yaml_atomic(config_path, config)
-        trainer = Trainer(
-            spec, name, seed, run_dir, stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
-        )
+        clone = stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
+        trainer = Trainer(spec, name, seed, run_dir, clone, tensorboard)
         num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
-        summary = trainer.run(num_updates, progress)
+        try:
+            summary = trainer.run(num_updates, progress)
+        finally:
+            trainer.metrics.close()
         atomic_write_json(run_dir / "done", summary)
     return run_dir
 

@@ -122,8 +122,10 @@ class LLMTrainer:
         prompts: Sequence[str] | None = None,
         golds: Sequence[str] | None = None,
         engine=None,
+        tensorboard: str | Path | None = None,
     ) -> None:
         self.cfg = cfg = resolve_algorithm_defaults(cfg)
+        self.tensorboard = tensorboard
         self.spec = get_estimator(cfg.algo.name)
         self.run_dir = Path(run_dir or cfg.train.output_dir)
         self.device = pick_device(cfg.train.device)
@@ -383,7 +385,7 @@ class LLMTrainer:
     def _train(self, progress: bool) -> list[dict[str, float]]:
         cfg = self.cfg
         write_yaml_atomic(self.run_dir / "config.yaml", to_dict(cfg))
-        metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        metrics = MetricsWriter(self.run_dir / "metrics.jsonl", tensorboard=self.tensorboard)
         if self.load_checkpoint():
             metrics.truncate_after("step", self.step)
         else:
@@ -396,14 +398,17 @@ class LLMTrainer:
             initial=self.step,
             total=cfg.train.steps,
         )
-        for step in bar:
-            row = {"step": step + 1, **self.train_step(step)}
-            metrics.append(row)
-            rows.append(row)
-            self.step = step + 1
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
-            if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
-                self.save_checkpoint()
+        try:
+            for step in bar:
+                row = {"step": step + 1, **self.train_step(step)}
+                metrics.append(row)
+                rows.append(row)
+                self.step = step + 1
+                bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
+                if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                    self.save_checkpoint()
+        finally:
+            metrics.close()
         if self.step >= cfg.train.steps:
             atomic_write_text(self.run_dir / "done", f"{self.step}\n")
         return rows
