@@ -507,3 +507,29 @@ def test_tensorboard_mirrors_the_metrics_rows_in_both_tracks(runs, tmp_path):
     assert [v for _, v in llm["losses/value"]] == pytest.approx(
         [r["losses/value"] for r in llm_rows]
     )
+
+
+@pytest.fixture
+def read_only_runs(runs, tmp_path):
+    """A copy of the tiny runs on a read-only file system (a tmpfs remounted read-only; the
+    permission bits of a folder do not stop root, so this is how the case is made here)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "none", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copytree(runs / "control", mnt / "runs" / "control")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt / "runs"
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_a_read_only_runs_folder_is_one_line(read_only_runs, capsys):
+    args = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--episodes", "8"]
+    assert main([*args, "--runs-dir", str(read_only_runs), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sppo-bench: error: Read-only file system") and "\n" not in err
