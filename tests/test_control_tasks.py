@@ -188,7 +188,8 @@ def test_vector_env_seeds_and_backends():
         make_vector_env("cartpole", 2, backend="jax")
     with pytest.raises(UserError, match="unknown task"):
         make_vector_env("acrobot", 2)
-    assert resolve_backend("hopper", "auto") == "gymnasium"
+    assert resolve_backend("hopper", "auto") == "batched"  # mujoco.rollout
+    assert resolve_backend("lunarlander", "auto") == "gymnasium"  # Box2D has no batched backend
 
 
 def test_collector_records_each_env_up_to_its_own_end():

@@ -106,7 +106,7 @@ def batched_available() -> bool:
 def _batched_tasks() -> frozenset[str]:
     if not batched_available():
         return frozenset()
-    return frozenset(importlib.import_module("sppo_bench.control.batched").BATCHED_TASKS)
+    return frozenset(importlib.import_module("sppo_bench.control.batched").batched_tasks())
 
 
 def resolve_backend(task: str, backend: str = "auto") -> str:
