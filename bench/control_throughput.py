@@ -95,7 +95,7 @@ def sb3_ppo(seconds_updates: int = 2) -> tuple[int, float]:
         "MlpPolicy",
         venv,
         n_steps=n_steps,
-        batch_size=n_envs * n_steps // cfg["minibatches"],
+        batch_size=cfg["mini_batch_size"] * n_steps,
         n_epochs=cfg["epochs"],
         policy_kwargs={
             "net_arch": {"pi": list(cfg["hidden"]), "vf": list(cfg["critic_hidden"])},

@@ -58,9 +58,9 @@ BUGS = (
         LLM_TESTS,
     ),
     Bug(
-        "control-clip-ignored",
-        "sppo_bench/control/update.py",
-        r"clip_eps=cfg\.clip_eps",
+        "control-clip-ignored",  # the control track takes its clip from the shared PPOConfig
+        "sppo_bench/core/ppo.py",
+        r"clip_eps=self\.clip_eps",
         "clip_eps=0.2",
         CONTROL_TESTS,
     ),

@@ -174,7 +174,7 @@ def trainer_config(args: argparse.Namespace, policy: str, algo: str, critic: str
         f"rollout.max_new_tokens={args.max_new_tokens}",
         f"rollout.generation_batch_size={args.generation_batch_size}",
         f"train.batch_size={args.prompts}",
-        f"train.mini_batch_size={args.mini_batch_size}",
+        f"algo.mini_batch_size={args.mini_batch_size}",
         f"train.steps={args.warmup + args.steps}",
         f"train.device={args.device}",
         f"train.seed={args.seed}",

@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.samples, args.eval_every = min(args.samples, 768), min(args.eval_every, 256)
         args.eval_prompts, args.calibration_k = min(args.eval_prompts, 64), 4
-        quick_batch = ["train.batch_size=32", "train.mini_batch_size=32"]
+        quick_batch = ["train.batch_size=32", "algo.mini_batch_size=32"]
         args.overrides = quick_batch + args.overrides  # the user's --set still wins
     args.runs = Path(
         args.runs or ("runs/llm-toy-bench-quick" if args.quick else "runs/llm-toy-bench")

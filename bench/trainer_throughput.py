@@ -48,7 +48,7 @@ def cartpole_geometry() -> dict[str, object]:
         "episodes": spec.rl.trajectories_per_update,
         "horizon": spec.horizon,
         "epochs": spec.rl.epochs,
-        "minibatches": spec.rl.minibatches,
+        "mini_batch_size": spec.rl.mini_batch_size,
         "hidden": tuple(spec.policy.hidden),
         "critic_hidden": tuple(spec.policy.critic_hidden),
     }

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -93,20 +94,34 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def renamed_keys(cls: type) -> dict[str, str]:
-    """``cls.RENAMED``: old field name -> its new dotted key within the same section. Old keys
-    in files and overrides keep working: their values move to the new key."""
+    """``cls.RENAMED``: an old (dotted) key -> its new dotted key, both relative to ``cls``. Old
+    keys in files and overrides keep working: their values move to the new key."""
     return dict(getattr(cls, "RENAMED", {}))
 
 
+def retired_keys(cls: type) -> dict[str, str]:
+    """``cls.RETIRED``: an old field name -> the one-line message that names its replacement."""
+    return dict(getattr(cls, "RETIRED", {}))
+
+
 def _move_renamed(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(data)
+    out = copy.deepcopy(dict(data))
     for old, new in renamed_keys(cls).items():
+        *old_path, old_last = old.split(".")
+        node = out
+        for key in old_path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_last not in node:
+            continue
+        value = node.pop(old_last)
+        *path, last = new.split(".")
+        target = out
+        for key in path:
+            target = target.setdefault(key, {})
+        target.setdefault(last, value)
+    for old, message in retired_keys(cls).items():
         if old in out:
-            *path, last = new.split(".")
-            node = out
-            for key in path:
-                node = node.setdefault(key, {})
-            node.setdefault(last, out.pop(old))
+            raise UserError(message)
     return out
 
 
@@ -130,6 +145,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: type) -> None:
+    for old, new in renamed_keys(cls).items():
+        if dotted == old or dotted.startswith(old + "."):
+            dotted = new + dotted[len(old) :]
     parts = dotted.split(".")
     node, node_cls = data, cls
     for i, part in enumerate(parts):
@@ -137,6 +155,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: type) -> Non
         if part not in fields and part in renamed_keys(node_cls):
             parts[i : i + 1] = renamed_keys(node_cls)[part].split(".")
             part = parts[i]
+        if part not in fields and part in retired_keys(node_cls):
+            raise UserError(retired_keys(node_cls)[part])
         if part not in fields:
             where = ".".join(parts[:i]) or "the config"
             raise UserError(
@@ -252,6 +272,10 @@ NON_NEGATIVE: Bound = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
 UNIT: Bound = (lambda v: _finite(v) and 0 < v <= 1), "a number in (0, 1]"
 OPTIONAL_ABOVE_ONE: Bound = (lambda v: v is None or (_finite(v) and v > 1)), "null or a number > 1"
 LEARNING_RATE: Bound = (lambda v: _finite(v) and 0 < v <= 10), "a number in (0, 10]"
+OPTIONAL_LEARNING_RATE: Bound = (
+    (lambda v: v is None or LEARNING_RATE[0](v)),
+    "null or " + LEARNING_RATE[1],
+)
 OPTIONAL_POSITIVE: Bound = (lambda v: v is None or (_finite(v) and v > 0)), "null or a number > 0"
 
 

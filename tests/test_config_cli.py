@@ -81,3 +81,31 @@ def test_renamed_llm_keys_keep_working(tmp_path):
         "grpo": {"normalize_std": False},
         "gae": {"gamma": 0.8, "lam": 0.5},  # the new key wins over the old one
     }
+
+
+def test_one_ppo_config_with_the_same_names_in_both_tracks(tmp_path):
+    from dataclasses import fields
+
+    from sppo_bench.control.spec import RLConfig, load_spec, upgrade_stored_rl
+    from sppo_bench.core.ppo import PPOConfig
+    from sppo_bench.llm.recipe import AlgoConfig, LLMConfig
+
+    shared = {f.name for f in fields(PPOConfig)}
+    assert shared <= {f.name for f in fields(RLConfig)} and shared <= {
+        f.name for f in fields(AlgoConfig)
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text("actor: {lr: 2.0e-6, grad_clip: 0.5}\ntrain: {mini_batch_size: 8}\n")
+    cfg = load_config(LLMConfig, path, ["train.ppo_epochs=2", "critic.lr=3e-6"])
+    assert (cfg.algo.lr, cfg.algo.max_grad_norm, cfg.algo.mini_batch_size) == (2e-6, 0.5, 8)
+    assert (cfg.algo.epochs, cfg.algo.critic_lr) == (2, 3e-6)
+    assert load_spec("cartpole", ["rl.ent_coef=0.01"]).rl.entropy_coef == 0.01
+    with pytest.raises(UserError, match="'rl.minibatches' .* is now 'rl.mini_batch_size'") as info:
+        load_spec("cartpole", ["rl.minibatches=2"])
+    assert "\n" not in str(info.value)
+    stored = {"trajectories_per_update": 64, "minibatches": 4, "ent_coef": 0.0}
+    assert upgrade_stored_rl(stored) == {
+        "trajectories_per_update": 64,
+        "mini_batch_size": 16,  # the same pieces as 4 mini-batches of 64 episodes
+        "entropy_coef": 0.0,
+    }

@@ -49,7 +49,7 @@ def _linear_policy(obs_dim: int = 2, n_actions: int = 3) -> Policy:
 
 
 def _cfg(**kw) -> RLConfig:
-    base = dict(epochs=1, minibatches=1, max_grad_norm=1e9, ent_coef=0.0, dual_clip=None)
+    base = dict(epochs=1, mini_batch_size=4, max_grad_norm=1e9, entropy_coef=0.0, dual_clip=None)
     return RLConfig(**{**base, **kw})
 
 
@@ -220,7 +220,7 @@ def _cartpole_trainer(tmp_path, algo: str, *overrides: str) -> Trainer:
 def test_trainer_optimisers_take_the_configured_learning_rates(tmp_path, lr, critic_lr):
     """The trainer's own optimisers (Adam): the first step moves a parameter with gradient g by
     -lr * g / (|g| + 1e-8), and every critic parameter moves by at most critic_lr."""
-    sets = [f"rl.lr={lr}", f"rl.critic_lr={critic_lr}", "rl.epochs=1", "rl.minibatches=1"]
+    sets = [f"rl.lr={lr}", f"rl.critic_lr={critic_lr}", "rl.epochs=1", "rl.mini_batch_size=4"]
     trainer = _cartpole_trainer(tmp_path, "sppo", *sets, "rl.max_grad_norm=1e9")
     data = _batch(obs_dim=4, n_actions=2)
     policy, critic = trainer.policy, trainer.critic
@@ -267,7 +267,7 @@ def test_sppo_raises_the_success_rate_of_a_one_state_bandit():
     for _ in range(5):
         actions = policy.act(obs[:, 0], generator=g).unsqueeze(-1)
         data = BatchTensors(obs, actions, actions.float(), torch.ones(16, 1))
-        cfg = RLConfig(epochs=2, minibatches=2)
+        cfg = RLConfig(epochs=2, mini_batch_size=8)
         ppo_update(policy, critic, policy_opt, critic_opt, get_estimator("sppo"), cfg, data,
                    None, None, g)  # fmt: skip
         rates.append(p_success())

@@ -152,17 +152,18 @@ def test_summary_finds_first_reaching_points():
 def test_actor_lr_warms_up_linearly_then_stays():
     from types import SimpleNamespace
 
-    from sppo_bench.llm.recipe import OptimConfig
+    from sppo_bench.llm.recipe import AlgoConfig, OptimConfig
     from sppo_bench.llm.trainer import LLMTrainer
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    stub = SimpleNamespace(cfg=SimpleNamespace(actor=OptimConfig(lr=0.4, warmup_steps=4)))
+    algo = AlgoConfig(lr=0.4)
+    stub = SimpleNamespace(cfg=SimpleNamespace(actor=OptimConfig(warmup_steps=4), algo=algo))
     stub.actor_opt = opt
     seen = []
     for k in range(6):
         LLMTrainer._set_actor_lr(stub, k)
         seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
-    stub.cfg.actor = OptimConfig(lr=0.4, warmup_steps=0)
+    stub.cfg.actor = OptimConfig(warmup_steps=0)
     LLMTrainer._set_actor_lr(stub, 0)
     assert opt.param_groups[0]["lr"] == 0.4

@@ -30,11 +30,11 @@ def _config(algo: str, steps: int, *extra: str) -> LLMConfig:
         "rollout.max_new_tokens=12",
         f"train.steps={steps}",
         "train.batch_size=4",
-        "train.mini_batch_size=2",
+        "algo.mini_batch_size=2",
         "train.micro_batch_size=3",
         "train.save_every=1",
-        "actor.lr=1e-3",
-        "critic.lr=1e-3",
+        "algo.lr=1e-3",
+        "algo.critic_lr=1e-3",
         *extra,
     )
 

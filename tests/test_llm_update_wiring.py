@@ -23,11 +23,10 @@ def _trainer(algo: str, *extra: str, reward_fn=None) -> tuple[LLMTrainer, list]:
         algo,
         "rollout.max_new_tokens=6",
         "train.batch_size=2",
-        "train.mini_batch_size=2",
+        "algo.mini_batch_size=2",
         "train.micro_batch_size=3",
-        "actor.grad_clip=1e9",
-        "critic.grad_clip=1e9",
-        "critic.lr=1e-3",
+        "algo.max_grad_norm=1e9",
+        "algo.critic_lr=1e-3",
         *extra,
     )
     torch.set_num_threads(1)
@@ -61,7 +60,7 @@ def test_sgd_policy_step_is_the_policy_gradient(first, lr, normalize_std):
         "grpo",
         "algo.n_samples=4",
         f"algo.estimator_params.grpo.normalize_std={normalize_std}",
-        f"actor.lr={lr}",
+        f"algo.lr={lr}",
         reward_fn=_alternating(first),
     )
     trainer.actor_opt = torch.optim.SGD(trainer.policy.parameters(), lr=lr)

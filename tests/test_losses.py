@@ -15,7 +15,6 @@ from sppo_bench.core import (
     clipped_value_loss,
     entropy_from_logits,
     explained_variance,
-    kl_penalty,
 )
 from sppo_bench.errors import UserError
 
@@ -159,13 +158,8 @@ def test_value_losses():
     assert clipped_value_loss(values, old, returns, mask, clip=0.2).item() == pytest.approx(1.62)
 
 
-def test_entropy_kl_and_explained_variance():
+def test_entropy_and_explained_variance():
     assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
-    logp, ref = torch.tensor([-1.0]), torch.tensor([-2.0])
-    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(1.0)
-    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(math.exp(-1) - 1 + 1)
-    with pytest.raises(UserError):
-        kl_penalty(logp, ref, "k2")
     y = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert explained_variance(y, y) == pytest.approx(1.0)
     assert explained_variance(torch.zeros(4) + y.mean(), y) == pytest.approx(0.0)

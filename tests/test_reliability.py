@@ -113,7 +113,7 @@ def test_a_diverging_control_run_stops_keeps_its_state_and_is_reported(runs, cap
     args = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--seed", "0"]
     args += ["--episodes", "12", "--runs-dir", str(runs), "--no-progress"]
     with monkeypatch.context() as patch:
-        _blow_up_after(patch, torch.optim.Adam, steps=40)  # in update 2 (32 steps each)
+        _blow_up_after(patch, torch.optim.Adam, steps=12)  # in update 2 (8 steps each)
         assert main([*args, *_sets(TINY_RL)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "diverged" in err
@@ -530,6 +530,7 @@ def read_only_runs(runs, tmp_path):
 
 def test_a_read_only_runs_folder_is_one_line(read_only_runs, capsys):
     args = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--episodes", "8"]
+    args += ["--seed", "9"]  # a run that does not exist yet
     assert main([*args, "--runs-dir", str(read_only_runs), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sppo-bench: error: Read-only file system") and "\n" not in err

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from sppo_bench.config import from_dict
@@ -24,7 +23,7 @@ from sppo_bench.control.evaluation import evaluate, policy_actor
 from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.trainer import Trainer, run_dir_for
+from sppo_bench.control.trainer import Trainer, run_dir_for, stored_config
 from sppo_bench.control.update import critic_values
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
@@ -38,7 +37,7 @@ def load_trainer(task: str, algo: str, seed: int, runs_dir: Path) -> Trainer:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UserError(f"no run at {str(run_dir)!r}; train it first")
-    config = yaml.safe_load(config_path.read_text())
+    config = stored_config(config_path)
     name, run_seed = config.pop("algo"), config.pop("seed")
     spec = from_dict(TaskSpec, config)
     trainer = Trainer(

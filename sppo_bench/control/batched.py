@@ -61,7 +61,6 @@ class _BatchedSparseEnv(VectorEnv, ABC):
         self._obs = np.zeros(
             (self.num_envs, self.single_observation_space.shape[0]), dtype=np.float32
         )
-        self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._t = 0
         self._done = np.zeros(self.num_envs, dtype=bool)
         self._any_done = False
@@ -154,11 +153,6 @@ class _BatchedSparseEnv(VectorEnv, ABC):
         self._done = terminated | at_horizon
         self._any_done = bool(self._done.any())
         return obs.copy(), reward, terminated.copy(), at_horizon.copy(), {"success": success.copy()}
-
-    @property
-    def elapsed_steps(self) -> int:
-        """Steps taken since the last reset (the same for every env; ended ones are frozen)."""
-        return self._t
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.task_id}, num_envs={self.num_envs})"

@@ -7,15 +7,13 @@ ends it is not stepped again (its last outputs are repeated, ``reward = 0``) unt
 the contract the episode collector relies on: reset all, step until every env has ended, read
 each env only up to its own end.
 
-The "batched" backend (array-math dynamics for CartPole, MountainCar and Pendulum) is provided by
-the optional module :mod:`sppo_bench.control.batched`, which exposes ``BATCHED_TASKS`` (keyed by
+The "batched" backend (array-math dynamics for CartPole, MountainCar and Pendulum, and SparseHopper
+on ``mujoco.rollout``) is :mod:`sppo_bench.control.batched`: ``batched_tasks()`` (keyed by
 Gymnasium id) and ``make_batched_env(task: str, num_envs: int) -> VectorEnv`` with the same API.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +22,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from sppo_bench.control.batched import batched_tasks, make_batched_env
 from sppo_bench.control.tasks import SparseTask, get_task
 from sppo_bench.errors import UserError
 
@@ -98,17 +97,6 @@ class EpisodeVectorEnv(VectorEnv):
             env.close()
 
 
-def batched_available() -> bool:
-    """Whether the optional batched-dynamics module is installed in this package."""
-    return importlib.util.find_spec("sppo_bench.control.batched") is not None
-
-
-def _batched_tasks() -> frozenset[str]:
-    if not batched_available():
-        return frozenset()
-    return frozenset(importlib.import_module("sppo_bench.control.batched").batched_tasks())
-
-
 def resolve_backend(task: str, backend: str = "auto") -> str:
     """The backend that ``make_vector_env`` will use: "gymnasium" or "batched"."""
     if backend not in BACKENDS:
@@ -116,10 +104,8 @@ def resolve_backend(task: str, backend: str = "auto") -> str:
     name = get_task(task).env_id
     if backend == "gymnasium":
         return "gymnasium"
-    supported = _batched_tasks()
+    supported = batched_tasks()
     if backend == "batched":
-        if not batched_available():
-            raise UserError("backend 'batched' is not available (no sppo_bench.control.batched)")
         if name not in supported:
             valid = ", ".join(sorted(supported)) or "none"
             raise UserError(f"backend 'batched' has no task {name!r}; it has: {valid}")
@@ -137,8 +123,7 @@ def make_vector_env(task: str, num_envs: int, backend: str = "auto") -> VectorEn
         raise UserError(f"num_envs must be >= 1, got {num_envs}")
     info = get_task(task)
     if resolve_backend(info.name, backend) == "batched":
-        module = importlib.import_module("sppo_bench.control.batched")
-        return module.make_batched_env(info.env_id, num_envs)
+        return make_batched_env(info.env_id, num_envs)
     return EpisodeVectorEnv([info.cls() for _ in range(num_envs)])
 
 

@@ -8,21 +8,20 @@ fields with dotted keys, e.g. ``rl.lr=1e-4`` or ``clone.epochs=5``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sppo_bench.config import (
     LEARNING_RATE,
-    NON_NEGATIVE,
-    OPTIONAL_ABOVE_ONE,
-    POSITIVE,
     at_least,
     check_bounds,
     load_config,
 )
 from sppo_bench.control.tasks import get_task
+from sppo_bench.core.ppo import PPOConfig, ppo_bounds
 
 # ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
 # non-editable install (``pip install .``) finds the specs too.
@@ -92,32 +91,43 @@ class CloneConfig:
 
 
 @dataclass
-class RLConfig:
+class RLConfig(PPOConfig):
     """RL fine-tuning with the binary reward (gamma = 1), shared by all estimators.
 
-    episodes: training-episode budget; trajectories_per_update: episodes per update (for ReMax,
-    plus as many greedy episodes from the same start states). group_size: samples per start state
-    for the group estimators (grpo, rloo). estimator_params: extra keyword arguments per estimator
-    name (e.g. ``{gae: {lam: 1.0}}``); gamma is always 1.
+    The PPO settings (lr, critic_lr, clip_eps, dual_clip, entropy_coef, max_grad_norm, epochs,
+    mini_batch_size in episodes, aggregation) are the core's ``PPOConfig``. episodes:
+    training-episode budget; trajectories_per_update: episodes per update (for ReMax, plus as
+    many greedy episodes from the same start states). group_size: samples per start state for the
+    group estimators (grpo, rloo). estimator_params: keyword parameters per estimator name (e.g.
+    ``{gae: {lam: 1.0}}``); gamma is always 1.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"ent_coef": "entropy_coef"}
+    RETIRED: ClassVar[dict[str, str]] = {
+        "minibatches": "config key 'rl.minibatches' (a count) is now 'rl.mini_batch_size' "
+        "(episodes per mini-batch: ceil(trajectories_per_update / minibatches))"
+    }
 
     episodes: int = 1000
     trajectories_per_update: int = 16
     group_size: int = 8
-    lr: float = 3e-4
-    critic_lr: float = 1e-3
-    epochs: int = 4
-    minibatches: int = 4
-    clip_eps: float = 0.2
-    dual_clip: float | None = 3.0
-    ent_coef: float = 0.0
-    max_grad_norm: float = 1.0
-    aggregation: str = "token-mean"
     estimator_params: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 10
     n_eval: int = 64
     checkpoint_every: int = 5
     backend: str = "auto"
+
+
+def upgrade_stored_rl(rl: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``rl`` section with the keys of older versions as today's: ``ent_coef`` ->
+    ``entropy_coef``, the count ``minibatches`` -> ``mini_batch_size`` (the same pieces)."""
+    rl = dict(rl)
+    if "ent_coef" in rl:
+        rl.setdefault("entropy_coef", rl.pop("ent_coef"))
+    if "minibatches" in rl:
+        count = min(rl.pop("minibatches"), rl["trajectories_per_update"])
+        rl.setdefault("mini_batch_size", math.ceil(rl["trajectories_per_update"] / count))
+    return rl
 
 
 @dataclass
@@ -148,14 +158,10 @@ SPEC_BOUNDS = {
     "clone.eval_episodes": at_least(1),
     "clone.epochs": at_least(0),
     "clone.lr": LEARNING_RATE,
-    **{f"rl.{k}": at_least(1) for k in ("episodes", "trajectories_per_update", "epochs")},
-    **{f"rl.{k}": at_least(1) for k in ("minibatches", "eval_every", "n_eval")},
-    "rl.checkpoint_every": at_least(1),
+    **{f"rl.{k}": at_least(1) for k in ("episodes", "trajectories_per_update", "eval_every")},
+    **{f"rl.{k}": at_least(1) for k in ("n_eval", "checkpoint_every")},
     "rl.group_size": at_least(2),
-    **{f"rl.{k}": LEARNING_RATE for k in ("lr", "critic_lr")},
-    **{f"rl.{k}": POSITIVE for k in ("clip_eps", "max_grad_norm")},
-    "rl.dual_clip": OPTIONAL_ABOVE_ONE,
-    "rl.ent_coef": NON_NEGATIVE,
+    **ppo_bounds("rl"),
 }
 
 

@@ -42,11 +42,6 @@ class SparseTask(gym.Wrapper, ABC):
         self.base_reward = 0.0
         self._continuous = isinstance(self.action_space, gym.spaces.Box)
 
-    @property
-    def elapsed_steps(self) -> int:
-        """Steps taken since the last reset."""
-        return self._t
-
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:

@@ -36,7 +36,7 @@ from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
 from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.policies import Policy, ValueNet
-from sppo_bench.control.spec import TaskSpec, load_spec
+from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
 from sppo_bench.control.tasks import get_task
 from sppo_bench.control.update import RESULT_KEYS, BatchTensors, critic_values, ppo_update
 from sppo_bench.core import get_estimator
@@ -274,6 +274,14 @@ def _empty_losses() -> dict[str, Any]:
     return {"train/success_rate": None, **dict.fromkeys(RESULT_KEYS), "charts/SPS": None}
 
 
+def stored_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` with the ``rl`` keys of older versions as today's."""
+    config = yaml.safe_load(path.read_text())
+    if isinstance(config.get("rl"), dict):
+        config["rl"] = upgrade_stored_rl(config["rl"])
+    return config
+
+
 def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
     """What ``config.yaml`` holds: algorithm, seed and the full task spec."""
     return {"algo": algo, "seed": seed, **to_dict(spec)}
@@ -300,8 +308,8 @@ def check_stored_config(run_dir: Path, config: dict[str, Any]) -> None:
     if not path.is_file():
         return
     try:
-        stored = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
+        stored = stored_config(path)
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
         raise UserError(f"{str(path)!r} is not a readable config; remove that folder") from None
     diff = config_difference(stored, yaml_round_trip(config))
     if diff:
@@ -362,4 +370,4 @@ def train_run(
     return run_dir
 
 
-__all__ = ["Trainer", "run_dir_for", "train_run"]
+__all__ = ["Trainer", "run_dir_for", "stored_config", "train_run"]

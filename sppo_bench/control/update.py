@@ -15,12 +15,12 @@ Per estimator, the trainer only consults ``EstimatorSpec``:
   by the caller's rollout.
 
 The policy loss is the clipped surrogate of :mod:`sppo_bench.core.losses` over all masked steps,
-``spec.rl.epochs`` epochs over ``spec.rl.minibatches`` mini-batches of whole episodes.
+``spec.rl.epochs`` epochs of mini-batches of ``spec.rl.mini_batch_size`` whole episodes
+(``sppo_bench.core.ppo``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,6 @@ from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import (
     GRAD_METRICS,
     LOSS_METRICS,
-    PPOSettings,
     critic_phase,
     minibatch_schedule,
     policy_phase,
@@ -101,9 +100,8 @@ def ppo_update(
     params = estimator.configured_params(cfg.estimator_params)
     out = compute_advantages(estimator.name, inputs, **params)
     advantages = out.advantages.detach()
-    settings = ppo_settings(cfg)
-    rows = math.ceil(bsz / min(cfg.minibatches, bsz))  # torch.chunk's piece size
-    schedule = minibatch_schedule(bsz, cfg.epochs, rows, generator)
+    settings = cfg.settings()
+    schedule = minibatch_schedule(bsz, cfg.epochs, cfg.mini_batch_size, generator)
     result: dict[str, float | None] = dict.fromkeys(RESULT_KEYS)
     if critic is not None and critic_opt is not None and strategy is not None:
         result.update(
@@ -135,15 +133,3 @@ def ppo_update(
 
 
 RESULT_KEYS = (*LOSS_METRICS, *VALUE_METRICS, *GRAD_METRICS)  # a row's update metrics
-
-
-def ppo_settings(cfg: RLConfig) -> PPOSettings:
-    """The core loop's settings from the task spec's ``rl`` section (no value clip, no
-    micro-batches)."""
-    return PPOSettings(
-        clip_eps=cfg.clip_eps,
-        dual_clip=cfg.dual_clip,
-        entropy_coef=cfg.ent_coef,
-        aggregation=cfg.aggregation,
-        max_grad_norm=cfg.max_grad_norm,
-    )

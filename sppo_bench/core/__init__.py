@@ -20,7 +20,6 @@ from sppo_bench.core.losses import (
     clipped_value_loss,
     entropy_from_logits,
     explained_variance,
-    kl_penalty,
 )
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "entropy_from_logits",
     "explained_variance",
     "get_estimator",
-    "kl_penalty",
     "sequence_rewards",
     "valid_estimator_names",
 ]

@@ -14,7 +14,6 @@ then add up to exactly the mini-batch's loss, so gradient accumulation does not 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from torch import Tensor
 
 from sppo_bench.errors import UserError
 
-Aggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
 
@@ -67,7 +65,6 @@ def clipped_policy_loss(
     advantages: Tensor,
     mask: Tensor,
     clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
     dual_clip: float | None = None,
     aggregation: str = "token-mean",
     global_tokens: float | None = None,
@@ -76,16 +73,15 @@ def clipped_policy_loss(
     """PPO clipped surrogate, per step, then aggregated.
 
     ratio r = exp(log_probs - old_log_probs);
-    l = max(-A r, -A clip(r, 1 - eps, 1 + eps_high));
+    l = max(-A r, -A clip(r, 1 - eps, 1 + eps));
     with dual clip c > 1, where A < 0: l = min(l, -A c) (bounds the loss of a very large ratio).
     All tensors ``[B, T]``.
     """
-    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     # padding may hold anything; zero it before exp so that inf * 0 cannot make a NaN
     log_ratio = torch.where(mask.to(torch.bool), log_probs - old_log_probs, 0.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_step = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         if dual_clip <= 1.0:
@@ -132,20 +128,6 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     """Categorical entropy H = logsumexp(z) - sum softmax(z) z, ``[..., V] -> [...]``."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1)
-
-
-def kl_penalty(log_probs: Tensor, ref_log_probs: Tensor, kind: str = "k3") -> Tensor:
-    """Per-step estimate of KL(pi || ref) from samples of pi, ``[B, T]``.
-
-    k1: log pi - log ref (unbiased, can be negative);
-    k3: exp(log ref - log pi) - 1 - (log ref - log pi) (unbiased, non-negative).
-    """
-    diff = log_probs - ref_log_probs
-    if kind == "k1":
-        return diff
-    if kind == "k3":
-        return torch.exp(-diff) - 1.0 + diff
-    raise UserError(f"unknown KL estimator {kind!r}; valid: k1, k3")
 
 
 def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = None) -> float:

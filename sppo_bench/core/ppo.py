@@ -23,6 +23,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sppo_bench.config import (
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    OPTIONAL_ABOVE_ONE,
+    OPTIONAL_LEARNING_RATE,
+    POSITIVE,
+    Bound,
+    at_least,
+)
 from sppo_bench.core.critics import CriticStrategy
 from sppo_bench.core.losses import aggregate, clipped_policy_loss
 
@@ -52,6 +61,59 @@ class PPOSettings:
     max_grad_norm: float = 1.0
     value_clip: float | None = None
     micro_batch_rows: int | None = None  # None: one micro-batch per mini-batch
+
+
+@dataclass
+class PPOConfig:
+    """The PPO settings both tracks share, under the same names (``rl.*`` of a control task spec,
+    ``algo.*`` of an LLM recipe).
+
+    lr, critic_lr: learning rates of the policy's and the critic's optimiser. clip_eps: the ratio
+    clip; dual_clip: c > 1 bounds the loss of A < 0 at -A c (None = off). entropy_coef: weight of
+    the entropy bonus. max_grad_norm: gradient-norm clip of either network. epochs: passes over a
+    batch. mini_batch_size: batch units per optimiser step, in the unit of the track's batch
+    (control: episodes; LLM: prompts, each with its N samples). aggregation: ``core.losses``.
+    """
+
+    lr: float = 3e-4
+    critic_lr: float | None = 1e-3
+    clip_eps: float = 0.2
+    dual_clip: float | None = 3.0
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 4
+    mini_batch_size: int = 4
+    aggregation: str = "token-mean"
+
+    def settings(
+        self, value_clip: float | None = None, micro_batch_rows: int | None = None
+    ) -> PPOSettings:
+        """The loop's settings (``policy_phase`` / ``critic_phase``)."""
+        return PPOSettings(
+            clip_eps=self.clip_eps,
+            dual_clip=self.dual_clip,
+            entropy_coef=self.entropy_coef,
+            aggregation=self.aggregation,
+            max_grad_norm=self.max_grad_norm,
+            value_clip=value_clip,
+            micro_batch_rows=micro_batch_rows,
+        )
+
+
+def ppo_bounds(prefix: str) -> dict[str, Bound]:
+    """Valid ranges of the ``PPOConfig`` fields, keyed ``<prefix>.<field>`` (``rl`` in a task
+    spec, ``algo`` in an LLM recipe), for ``sppo_bench.config.check_bounds``."""
+    bounds: dict[str, Bound] = {
+        "lr": LEARNING_RATE,
+        "critic_lr": OPTIONAL_LEARNING_RATE,
+        "clip_eps": POSITIVE,
+        "dual_clip": OPTIONAL_ABOVE_ONE,
+        "entropy_coef": NON_NEGATIVE,
+        "max_grad_norm": POSITIVE,
+        "epochs": at_least(1),
+        "mini_batch_size": at_least(1),
+    }
+    return {f"{prefix}.{k}": b for k, b in bounds.items()}
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:

@@ -11,8 +11,8 @@ Each dataset name selects a field mapping from a raw row to ``(question, gold an
 | amc23     | `problem`  | `answer` (a float in the public file: 70.0 -> "70")      |
 | minerva   | `problem`  | the last `\boxed{}` of `solution`                        |
 
-``build_prompt`` wraps a question with the instruction to reason step by step and put the final
-answer in ``\boxed{}``, through the tokenizer's chat template when it has one.
+``build_prompt`` and ``Problem`` live in :mod:`sppo_bench.llm.prompts` (shared with the toy task)
+and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 
 from sppo_bench.errors import UserError
 from sppo_bench.llm.answers import last_boxed
-
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-PLAIN_TEMPLATE = "Question: {question}\n{instruction}\nAnswer:"
+from sppo_bench.llm.prompts import INSTRUCTION as INSTRUCTION
+from sppo_bench.llm.prompts import Problem as Problem
+from sppo_bench.llm.prompts import build_prompt as build_prompt
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,6 @@ _NAME_HINTS: tuple[tuple[str, str], ...] = (
     ("amc2023", "amc23"),
     ("minerva", "minerva"),
 )
-
-
-@dataclass
-class Problem:
-    """One prompt: a stable ``id`` (``"<dataset>/<native id or 0-based row position>"``), the
-    ``question`` text shown to the model, and the gold ``answer`` the verifier checks against."""
-
-    id: str
-    question: str
-    answer: str
 
 
 def infer_dataset(source: str) -> str:
@@ -247,19 +237,3 @@ def _number_text(value: Any) -> str:
     if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars from Parquet
         return _number_text(value.item())
     return str(value).strip()
-
-
-def build_prompt(tokenizer: Any, question: str) -> str:
-    r"""The prompt text for one question, ending where the model's answer starts.
-
-    With a tokenizer that has a chat template: one user turn ``"{question}\n{INSTRUCTION}"``
-    rendered by ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``. Otherwise
-    (no tokenizer, or no template) the plain ``"Question: ...\n{INSTRUCTION}\nAnswer:"``.
-    """
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if not isinstance(text, str):
-            raise UserError("the tokenizer's chat template did not render to text")
-        return text
-    return PLAIN_TEMPLATE.format(question=question, instruction=INSTRUCTION)

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from sppo_bench.config import (
-    LEARNING_RATE,
     NON_NEGATIVE,
-    OPTIONAL_ABOVE_ONE,
     OPTIONAL_POSITIVE,
     POSITIVE,
     UNIT,
@@ -33,25 +31,21 @@ from sppo_bench.config import (
     check_bounds,
 )
 from sppo_bench.core import get_estimator
+from sppo_bench.core.ppo import PPOConfig, ppo_bounds
 from sppo_bench.errors import UserError
 
 RECIPE_BOUNDS = {
-    **{f"train.{k}": at_least(1) for k in ("steps", "save_every", "ppo_epochs", "reward_workers")},
+    **{f"train.{k}": at_least(1) for k in ("steps", "save_every", "reward_workers")},
+    **{f"train.{k}": at_least(1) for k in ("batch_size", "micro_batch_size")},
     "train.reward_timeout_s": POSITIVE,
     "train.seed": at_least(0),
     **{f"rollout.{k}": at_least(1) for k in ("max_new_tokens", "generation_batch_size")},
     "rollout.temperature": NON_NEGATIVE,
     "rollout.top_p": UNIT,
     "rollout.gpu_memory_utilization": UNIT,
-    "algo.clip_eps": POSITIVE,
-    "algo.dual_clip": OPTIONAL_ABOVE_ONE,
-    "algo.entropy_coef": NON_NEGATIVE,
+    **ppo_bounds("algo"),
     "algo.value_clip": OPTIONAL_POSITIVE,
-    "actor.lr": LEARNING_RATE,
-    "actor.grad_clip": POSITIVE,
     "actor.warmup_steps": at_least(0),
-    "critic.lr": (lambda v: v is None or LEARNING_RATE[0](v), "null or " + LEARNING_RATE[1]),
-    "critic.grad_clip": POSITIVE,
     "eval.k": at_least(1),
     "eval.temperature": NON_NEGATIVE,
     "eval.top_p": UNIT,
@@ -112,11 +106,12 @@ class RolloutConfig:
 
 
 @dataclass
-class AlgoConfig:
+class AlgoConfig(PPOConfig):
     """name: a registered estimator (``sppo-bench estimators``), stored as its run name.
-    estimator_params: keyword parameters per estimator name, e.g. ``{ppo-gae: {lam: 0.95}}``
-    (defaults: the estimator's own; the old keys ``gamma``, ``lam``, ``grpo_normalize_std`` and
-    ``reinforce_baseline`` still read into it)."""
+    The PPO settings are the core's ``PPOConfig`` (mini_batch_size counts prompts;
+    critic_lr: None = the paper's per algorithm). estimator_params: keyword parameters per
+    estimator name, e.g. ``{ppo-gae: {lam: 0.95}}`` (defaults: the estimator's own; the old keys
+    ``gamma``, ``lam``, ``grpo_normalize_std`` and ``reinforce_baseline`` still read into it)."""
 
     RENAMED: ClassVar[dict[str, str]] = {
         "gamma": "estimator_params.gae.gamma",
@@ -125,49 +120,44 @@ class AlgoConfig:
         "reinforce_baseline": "estimator_params.reinforce.baseline",
     }
 
+    lr: float = 1e-6
+    critic_lr: float | None = None
+    epochs: int = 1
+    mini_batch_size: int = 128
     name: str = "sppo"
     n_samples: int | None = None
     kl_coef: float | None = None
-    clip_eps: float = 0.2
-    dual_clip: float | None = 3.0
-    entropy_coef: float = 0.0
-    aggregation: str = "token-mean"
     value_clip: float | None = 0.5
     estimator_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    """warmup_steps: the policy's lr rises linearly from lr / warmup_steps to lr over its first
-    ``warmup_steps`` updating RL steps (0 = constant lr, the paper's)."""
+    """The policy's AdamW beyond ``algo.lr``. warmup_steps: the lr rises linearly from
+    lr / warmup_steps to lr over the first ``warmup_steps`` updating RL steps (0 = constant lr,
+    the paper's)."""
 
-    lr: float = 1e-6
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: float = 1.0
     warmup_steps: int = 0
 
 
 @dataclass
 class CriticConfig:
-    """model: None = the policy's model. lr, warmup_steps: None = the paper's per algorithm."""
+    """model: None = the policy's model. warmup_steps: None = the paper's per algorithm."""
 
     model: str | None = None
-    lr: float | None = None
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
     warmup_steps: int | None = None
 
 
 @dataclass
 class TrainConfig:
-    """batch_size and mini_batch_size count prompts; micro_batch_size counts rows."""
+    """batch_size counts prompts (as ``algo.mini_batch_size``); micro_batch_size counts rows."""
 
     steps: int = 1000
     batch_size: int = 256
-    mini_batch_size: int = 128
     micro_batch_size: int = 4
-    ppo_epochs: int = 1
     seed: int = 0
     save_every: int = 10
     output_dir: str = "runs/llm"
@@ -191,6 +181,17 @@ class EvalConfig:
 
 @dataclass
 class LLMConfig:
+    """The recipe. Keys of older versions keep working (``RENAMED``)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "actor.lr": "algo.lr",
+        "actor.grad_clip": "algo.max_grad_norm",
+        "critic.lr": "algo.critic_lr",
+        "critic.grad_clip": "algo.max_grad_norm",
+        "train.mini_batch_size": "algo.mini_batch_size",
+        "train.ppo_epochs": "algo.epochs",
+    }
+
     model: ModelConfig = field(default_factory=ModelConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,11 +213,13 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
         name=spec.run_name,
         n_samples=cfg.algo.n_samples or spec.group_size,
         kl_coef=PAPER_KL.get(name, 0.0) if cfg.algo.kl_coef is None else cfg.algo.kl_coef,
+        critic_lr=(
+            PAPER_CRITIC_LR.get(name, 5e-6) if cfg.algo.critic_lr is None else cfg.algo.critic_lr
+        ),
     )
     critic = replace(
         cfg.critic,
         model=cfg.critic.model or cfg.model.policy,
-        lr=PAPER_CRITIC_LR.get(name, 5e-6) if cfg.critic.lr is None else cfg.critic.lr,
         warmup_steps=(
             PAPER_CRITIC_WARMUP.get(name, 0)
             if cfg.critic.warmup_steps is None
@@ -237,12 +240,13 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
         )
     if spec.needs_groups and algo.n_samples < 2:
         raise UserError(f"algo {name!r} needs algo.n_samples >= 2, got {algo.n_samples}")
-    t = cfg.train
-    if t.batch_size < 1 or t.mini_batch_size < 1 or t.micro_batch_size < 1:
-        raise UserError("train.batch_size, mini_batch_size and micro_batch_size must be >= 1")
-    if t.batch_size % t.mini_batch_size:
+    t, mini = cfg.train, algo.mini_batch_size
+    if t.batch_size < 1 or mini < 1 or t.micro_batch_size < 1:
         raise UserError(
-            f"train.batch_size ({t.batch_size}) must be a multiple of train.mini_batch_size "
-            f"({t.mini_batch_size})"
+            "train.batch_size, algo.mini_batch_size, train.micro_batch_size must be >= 1"
+        )
+    if t.batch_size % mini:
+        raise UserError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of algo.mini_batch_size ({mini})"
         )
     return replace(cfg, algo=algo, critic=critic)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save
+from sppo_bench.llm.prompts import Problem, build_prompt
 
 TASK = "toy:arithmetic"
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
@@ -147,7 +148,6 @@ _AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul
 
 def load_toy_problems(source: str, split: str = "test", limit: int | None = None) -> list:
     """``data.Problem`` rows of a split (``source``: ``toy:arithmetic[/<split>]``)."""
-    from sppo_bench.llm.data import Problem
 
     name, _, named_split = source.partition("/")
     if name != TASK:
@@ -212,7 +212,6 @@ def greedy_accuracy(model, tokenizer, split: str, max_new_tokens: int = 64) -> f
     """Fraction of a split answered correctly by greedy decoding (graded by exact integer match
     of the last box: the toy's answers are integers, so this equals the verifier's verdict)."""
     from sppo_bench.llm.answers import last_boxed
-    from sppo_bench.llm.data import build_prompt
     from sppo_bench.llm.rollout import HFEngine
 
     problems = load_toy_problems(TASK, split)
@@ -228,7 +227,6 @@ def build_warm_start(
 ) -> dict:
     """Fine-tune ``policy_name`` (a ``tiny:<size>``) on worked solutions and save its state dict
     (atomically) to ``path``; returns ``{"steps", "valid_accuracy", "loss"}`` of the stop."""
-    from sppo_bench.llm.data import build_prompt
     from sppo_bench.llm.models import load_policy, load_tokenizer
 
     cfg = cfg or WarmStartConfig()

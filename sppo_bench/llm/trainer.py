@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
-from sppo_bench.core.ppo import PPOSettings, minibatch_schedule, step_generator
+from sppo_bench.core.ppo import minibatch_schedule, step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import (
     MetricsWriter,
@@ -153,7 +153,10 @@ class LLMTrainer:
             self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         a = cfg.actor
         self.actor_opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
+            self.policy.parameters(),
+            lr=cfg.algo.lr,
+            betas=tuple(a.betas),
+            weight_decay=a.weight_decay,
         )
         self.critic_opt = None
         if self.critic is not None:
@@ -161,7 +164,9 @@ class LLMTrainer:
             if cfg.model.gradient_checkpointing:
                 self.critic.backbone.gradient_checkpointing_enable()
             self.critic_opt = torch.optim.AdamW(
-                self.critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.critic.weight_decay
+                self.critic.parameters(),
+                lr=cfg.algo.critic_lr,
+                weight_decay=cfg.critic.weight_decay,
             )
         if prompts is None:
             prompts, golds = load_prompts(cfg, self.tokenizer)
@@ -269,9 +274,10 @@ class LLMTrainer:
         times["time_update"] = self._clock() - t0
 
         # one shuffled schedule of mini-batches for the critic and the policy phase
-        rows_per_mini = cfg.train.mini_batch_size * n
+        rows_per_mini = cfg.algo.mini_batch_size * n
         generator = step_generator(cfg.train.seed, step, SCHEDULE_STREAM)
-        schedule = minibatch_schedule(len(batch), cfg.train.ppo_epochs, rows_per_mini, generator)
+        schedule = minibatch_schedule(len(batch), cfg.algo.epochs, rows_per_mini, generator)
+        settings = cfg.algo.settings(cfg.algo.value_clip, micro)
         if self.critic is not None:
             t0 = self._clock()
             row.update(
@@ -283,7 +289,7 @@ class LLMTrainer:
                     out.value_targets,
                     predictions,
                     schedule,
-                    self._ppo_settings(cfg.critic.grad_clip),
+                    settings,
                     autocast=self.autocast,
                 )
             )
@@ -301,7 +307,7 @@ class LLMTrainer:
                     old_lp,
                     out.advantages,
                     schedule,
-                    self._ppo_settings(cfg.actor.grad_clip),
+                    settings,
                     r.temperature,
                     autocast=self.autocast,
                 )
@@ -321,24 +327,12 @@ class LLMTrainer:
             row.update({f"verifier_{k}": v - before.get(k, 0) for k, v in after.items()})
         return row
 
-    def _ppo_settings(self, max_grad_norm: float) -> PPOSettings:
-        a = self.cfg.algo
-        return PPOSettings(
-            clip_eps=a.clip_eps,
-            dual_clip=a.dual_clip,
-            entropy_coef=a.entropy_coef,
-            aggregation=a.aggregation,
-            max_grad_norm=max_grad_norm,
-            value_clip=a.value_clip,
-            micro_batch_rows=self.cfg.train.micro_batch_size,
-        )
-
     def _set_actor_lr(self, updates_before: int) -> None:
         """Linear lr warm-up over the first ``actor.warmup_steps`` policy-updating steps."""
         a = self.cfg.actor
         scale = min(1.0, (updates_before + 1) / a.warmup_steps) if a.warmup_steps > 0 else 1.0
         for group in self.actor_opt.param_groups:
-            group["lr"] = a.lr * scale
+            group["lr"] = self.cfg.algo.lr * scale
 
     # ----------------------------------------------------------------- checkpoints
     @property
