@@ -1,4 +1,5 @@
-"""Shared fixtures: a synthetic control suite written to the run-directory contract."""
+"""Shared fixtures: a synthetic control suite written to the run-directory contract; the tiny
+LLM tokenizer and a tiny random-weight policy."""
 
 from __future__ import annotations
 
@@ -16,3 +17,22 @@ def synthetic_runs_dir(tmp_path_factory):
     root = write_suite(tmp_path_factory.mktemp("suite"), seeds=5)
     write_run(root, "cartpole", "sppo", 9, 1280, finished=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The in-process tiny character tokenizer."""
+    from sppo_bench.llm.tiny import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture()
+def model(tok):
+    """A fresh tiny random-weight Qwen2 policy (``tiny:xs``, seed 0), one CPU thread."""
+    import torch
+
+    from sppo_bench.llm.tiny import tiny_model
+
+    torch.set_num_threads(1)
+    return tiny_model("xs", tok, seed=0)

@@ -4,27 +4,14 @@ one ``[B, V]`` tensor instead of ``[B, T, V]``, and the recipe checks around the
 
 import pytest
 import torch
+from test_llm_rollout_models import PROMPTS
 
 from sppo_bench.config import load_config
 from sppo_bench.errors import UserError
 from sppo_bench.llm.models import response_log_probs
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 from sppo_bench.llm.rollout import HFEngine, SampledLogProbs
-from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
 from sppo_bench.llm.trainer import make_engine
-
-PROMPTS = ["<|user|>1+1?\n<|assistant|>", "<|user|>What is 12*(3+4)?\n<|assistant|>", "<|user|>7"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture()
-def model(tok):
-    torch.set_num_threads(1)
-    return tiny_model("xs", tok, seed=0)
 
 
 def test_recorder_gathers_each_sampled_token_from_one_step_back():

@@ -9,21 +9,10 @@ from sppo_bench.core import CRITICS
 from sppo_bench.core.ppo import PPOSettings
 from sppo_bench.llm.models import SequenceCritic, TokenCritic, response_log_probs
 from sppo_bench.llm.rollout import HFEngine, RolloutBatch, eos_response_mask, left_pad
-from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
+from sppo_bench.llm.tiny import tiny_model
 from sppo_bench.llm.update import critic_update, policy_log_probs, policy_update
 
 PROMPTS = ["<|user|>1+1?\n<|assistant|>", "<|user|>What is 12*(3+4)?\n<|assistant|>", "<|user|>7"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture()
-def model(tok):
-    torch.set_num_threads(1)
-    return tiny_model("xs", tok, seed=0)
 
 
 def test_eos_response_mask_keeps_the_first_eos_and_ignores_pad_ids():

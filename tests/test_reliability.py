@@ -217,8 +217,9 @@ run_suite(specs, Path(sys.argv[1]), workers=2, run_fn=sleepy.run, clone_fn=sleep
 """
 
 
-def test_killing_the_suite_kills_its_pool_workers(tmp_path):
-    import signal
+def _sleepy_suite(tmp_path, **popen) -> tuple:
+    """Start SUITE_MAIN (two pool workers that sleep in their runs) and wait until both workers
+    have written their PIDs; returns (the suite's Popen, worker PIDs)."""
     import subprocess
     import sys
     import time
@@ -226,15 +227,22 @@ def test_killing_the_suite_kills_its_pool_workers(tmp_path):
     (tmp_path / "sleepy.py").write_text(SLEEPY_RUNS)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     runs_dir = tmp_path / "runs"
-    suite = subprocess.Popen(
-        [sys.executable, "-c", SUITE_MAIN, str(runs_dir)], env=env, stderr=subprocess.DEVNULL
-    )
+    suite = subprocess.Popen([sys.executable, "-c", SUITE_MAIN, str(runs_dir)], env=env, **popen)
     deadline = time.monotonic() + 120
     pids: list[int] = []
     while time.monotonic() < deadline and len(pids) < 2:
         pids = [int(p.read_text()) for p in runs_dir.glob("worker-*.pid") if p.read_text()]
         time.sleep(0.2)
     assert len(pids) == 2, "the workers did not start"
+    return suite, pids
+
+
+def test_killing_the_suite_kills_its_pool_workers(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    suite, pids = _sleepy_suite(tmp_path, stderr=subprocess.DEVNULL)
     suite.send_signal(signal.SIGKILL)
     suite.wait()
     deadline = time.monotonic() + 10
@@ -393,26 +401,15 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, bad_input_base, t
 def test_ctrl_c_stops_the_suite_and_its_workers_within_seconds(tmp_path):
     import signal
     import subprocess
-    import sys
     import time
 
-    (tmp_path / "sleepy.py").write_text(SLEEPY_RUNS)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    runs_dir = tmp_path / "runs"
-    suite = subprocess.Popen(
-        [sys.executable, "-c", SUITE_MAIN, str(runs_dir)],
-        env=env,
+    suite, pids = _sleepy_suite(
+        tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    deadline = time.monotonic() + 120
-    pids: list[int] = []
-    while time.monotonic() < deadline and len(pids) < 2:
-        pids = [int(p.read_text()) for p in runs_dir.glob("worker-*.pid") if p.read_text()]
-        time.sleep(0.2)
-    assert len(pids) == 2, "the workers did not start"
     start = time.monotonic()
     os.killpg(suite.pid, signal.SIGINT)  # what Ctrl-C sends
     suite.wait(timeout=30)
