@@ -1,81 +1,14 @@
 #!/usr/bin/env bash
 # SPPO on verl 0.9.1: DeepSeek-R1-Distill-Qwen-1.5B policy + a 1.5B critic (the same model with a
 # scalar value head), DeepScaleR, one node of 8 GPUs. The paper's 1.5B settings (its 1.5B run used
-# 4 x A100): 256 prompts a step, 1 response each, PPO mini-batch 128, one epoch, clip 0.2, dual
-# clip 3.0, token-mean, lr 1e-6 (critic 5e-6) constant, weight decay 0.01, grad clip 1.0, no KL,
-# no entropy bonus, prompts <= 1024 tokens, responses <= 8192, temperature 0.6, 1000 steps,
-# validation Average@16 on AIME24/25, AMC23, MATH500, Minerva every 50 steps.
+# 4 x A100): 256 prompts a step, PPO mini-batch 128, critic lr 5e-6, weight decay 0.01, prompts
+# <= 1024 tokens, 1000 steps, validation every 50 steps; the shared settings are in sppo_verl.sh.
 # Not yet run on a GPU. Extra arguments are Hydra overrides, e.g. trainer.n_gpus_per_node=4.
 #   DATA=~/data/sppo/deepscaler bash llm/verl/sppo_r1_distill_1.5b.sh   (see prepare_data.sh)
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-DATA="${DATA:-$HOME/data/sppo/deepscaler}"
-POLICY="${POLICY:-deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B}"
-CRITIC="${CRITIC:-deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B}"
-NGPUS="${NGPUS:-8}"
-MAX_PROMPT=1024
-MAX_RESPONSE=8192
-TOKENS=$(((MAX_PROMPT + MAX_RESPONSE) * 2)) # per GPU per micro-batch (dynamic batch size)
-
-exec "${PYTHON:-python3}" -m verl.trainer.main_ppo \
-    algorithm.adv_estimator=sppo \
-    algorithm.use_kl_in_reward=False \
-    algorithm.gamma=1.0 \
-    algorithm.lam=1.0 \
-    data.train_files="$DATA/train.parquet" \
-    data.val_files="$DATA/val.parquet" \
-    data.train_batch_size=256 \
-    data.max_prompt_length=$MAX_PROMPT \
-    data.max_response_length=$MAX_RESPONSE \
-    data.filter_overlong_prompts=True \
-    data.truncation=error \
-    actor_rollout_ref.model.path="$POLICY" \
-    actor_rollout_ref.model.use_remove_padding=True \
-    actor_rollout_ref.model.enable_gradient_checkpointing=True \
-    actor_rollout_ref.actor.optim.lr=1e-6 \
-    actor_rollout_ref.actor.optim.lr_scheduler_type=constant \
-    actor_rollout_ref.actor.optim.weight_decay=0.01 \
-    actor_rollout_ref.actor.optim.clip_grad=1.0 \
-    actor_rollout_ref.actor.ppo_mini_batch_size=128 \
-    actor_rollout_ref.actor.ppo_epochs=1 \
-    actor_rollout_ref.actor.use_dynamic_bsz=True \
-    actor_rollout_ref.actor.ppo_max_token_len_per_gpu=$TOKENS \
-    actor_rollout_ref.actor.clip_ratio=0.2 \
-    actor_rollout_ref.actor.clip_ratio_c=3.0 \
-    actor_rollout_ref.actor.loss_agg_mode=token-mean \
-    actor_rollout_ref.actor.entropy_coeff=0 \
-    actor_rollout_ref.actor.use_kl_loss=False \
-    actor_rollout_ref.rollout.name=vllm \
-    actor_rollout_ref.rollout.n=1 \
-    actor_rollout_ref.rollout.temperature=0.6 \
-    actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
-    actor_rollout_ref.rollout.gpu_memory_utilization=0.5 \
-    actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=$TOKENS \
-    actor_rollout_ref.rollout.val_kwargs.n=16 \
-    actor_rollout_ref.rollout.val_kwargs.do_sample=True \
-    actor_rollout_ref.rollout.val_kwargs.temperature=0.6 \
-    critic.enable=True \
-    critic.model.path="$CRITIC" \
-    critic.model.use_remove_padding=True \
-    critic.model.enable_gradient_checkpointing=True \
-    critic.optim.lr=5e-6 \
-    critic.optim.lr_scheduler_type=constant \
-    critic.optim.weight_decay=0.01 \
-    critic.optim.clip_grad=1.0 \
-    critic.ppo_mini_batch_size=128 \
-    critic.use_dynamic_bsz=True \
-    critic.ppo_max_token_len_per_gpu=$((TOKENS * 2)) \
-    reward.custom_reward_function.path="$REPO/llm/verl/reward.py" \
-    reward.custom_reward_function.name=compute_score \
-    trainer.critic_warmup=0 \
-    trainer.total_training_steps=1000 \
-    trainer.total_epochs=100 \
-    trainer.n_gpus_per_node="$NGPUS" \
-    trainer.nnodes=1 \
-    trainer.val_before_train=True \
-    trainer.test_freq=50 \
-    trainer.save_freq=100 \
-    trainer.project_name=sppo-bench \
-    trainer.experiment_name=sppo-r1-distill-1.5b \
-    trainer.logger='["console"]' \
-    "$@"
+export DATA="${DATA:-$HOME/data/sppo/deepscaler}"
+export POLICY="${POLICY:-deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B}"
+export CRITIC="${CRITIC:-deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B}"
+export MAX_PROMPT=1024 BATCH=256 MINI_BATCH=128 WEIGHT_DECAY=0.01 CRITIC_LR=5e-6 ROLLOUT_TP=1
+export STEPS=1000 TEST_FREQ=50 SAVE_FREQ=100 NAME=sppo-r1-distill-1.5b
+exec bash "$(dirname "$0")/sppo_verl.sh" "$@"
