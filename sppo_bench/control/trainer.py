@@ -38,7 +38,13 @@ from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.update import RESULT_KEYS, BatchTensors, critic_values, ppo_update
+from sppo_bench.control.update import (
+    RESULT_KEYS,
+    BatchTensors,
+    Learner,
+    critic_values,
+    ppo_update,
+)
 from sppo_bench.core import get_estimator
 from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import UserError
@@ -153,26 +159,10 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
 
     # --- the loop ------------------------------------------------------------------------
-    def update(
-        self,
-        data: BatchTensors,
-        group_ids: torch.Tensor | None,
-        baseline: torch.Tensor | None,
-        generator: torch.Generator,
-    ) -> dict[str, float | None]:
+    def update(self, data: BatchTensors, generator: torch.Generator) -> dict[str, float | None]:
         """One RL update of this run's policy and critic with its optimisers on ``data``."""
-        return ppo_update(
-            self.policy,
-            self.critic,
-            self.policy_opt,
-            self.critic_opt,
-            self.estimator,
-            self.spec.rl,
-            data,
-            group_ids,
-            baseline,
-            generator,
-        )
+        learner = Learner(self.policy, self.policy_opt, self.critic, self.critic_opt)
+        return ppo_update(learner, self.estimator, self.spec.rl, data, generator)
 
     def step(self, update: int) -> dict[str, Any]:
         """Collect one batch of whole episodes and update; returns the metrics row."""
@@ -189,8 +179,8 @@ class Trainer:
         baseline = None
         if self.estimator.needs_greedy_baseline:
             baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
-        data = BatchTensors.from_batch(sampled, self.policy.discrete)
-        stats = self.update(data, group_ids, baseline, generator)
+        data = BatchTensors.from_batch(sampled, self.policy.discrete, group_ids, baseline)
+        stats = self.update(data, generator)
         elapsed = time.time() - start
         self.state["update"] = update
         self.state["episodes"] += len(sampled.lengths)
