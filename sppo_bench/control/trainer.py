@@ -315,8 +315,10 @@ def train_run(
     makes ceil(episodes / trajectories_per_update) updates.
     """
     torch.set_num_threads(1)
-    name = get_estimator(algo).run_name
+    estimator = get_estimator(algo)
+    name = estimator.run_name
     spec = load_spec(task, overrides)
+    estimator.configured_params(spec.rl.estimator_params)  # a bad parameter fails before any work
     if episodes is not None:
         spec.rl.episodes = episodes
     run_dir = run_dir_for(Path(runs_dir), spec.task, name, seed)
