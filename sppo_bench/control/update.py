@@ -11,8 +11,8 @@ Per estimator, the trainer only consults ``EstimatorSpec``:
   SPPO's sequence critic, every s_t for PPO-GAE's step critic), the advantage input its old
   outputs fill, and its loss (BCE(v, R); 0.5 (V - G_t)^2 with the estimator's returns G_t, no
   clipping here);
-- ``needs_groups`` / ``needs_greedy_baseline``: ``group_ids`` / ``baseline_rewards`` are filled
-  by the caller's rollout.
+- ``needs_groups`` / ``needs_greedy_baseline``: the batch's ``group_ids`` / ``baseline_rewards``
+  are filled by the caller's rollout.
 
 The policy loss is the clipped surrogate of :mod:`sppo_bench.core.losses` over all masked steps,
 ``spec.rl.epochs`` epochs of mini-batches of ``spec.rl.mini_batch_size`` whole episodes
