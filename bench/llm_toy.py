@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from sppo_bench.analysis import toy_report  # noqa: E402
 from sppo_bench.config import load_config  # noqa: E402
 from sppo_bench.core import get_estimator, valid_estimator_names  # noqa: E402
 from sppo_bench.io import MetricsWriter, atomic_write_json, atomic_write_text  # noqa: E402
-from sppo_bench.llm import toy_report  # noqa: E402
 from sppo_bench.llm.data import load_problems  # noqa: E402
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults  # noqa: E402
 

@@ -61,8 +61,9 @@ def test_missing_config_file(tmp_path):
 def test_cli_lists_estimators(capsys):
     assert main(["estimators"]) == 0
     out = capsys.readouterr().out
-    for name in ["sppo", "gae", "grpo", "rloo", "remax", "reinforce"]:
-        assert name in out
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names == ["sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce"]  # run names
+    assert "gae,ppo" in out.splitlines()[2]  # the aliases of ppo-gae
 
 
 def test_cli_unknown_command_exits_nonzero(capsys):

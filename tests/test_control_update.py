@@ -19,7 +19,7 @@ from sppo_bench.control.cloning import build_policy
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import RLConfig, load_spec
 from sppo_bench.control.trainer import Trainer
-from sppo_bench.control.update import BatchTensors, ppo_update
+from sppo_bench.control.update import BatchTensors, Learner, ppo_update
 from sppo_bench.core import get_estimator
 
 LENGTHS = [3, 2, 3, 1]
@@ -86,19 +86,9 @@ def _sgd_closed_form(policy: Policy, data, adv, lr: float, clip: float, epochs: 
 def _run_update(policy, cfg: RLConfig, algo: str, data, lr: float, critic=None, critic_lr=0.1):
     policy_opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=lr)
     critic_opt = torch.optim.SGD(critic.parameters(), lr=critic_lr) if critic else None
-    generator = torch.Generator().manual_seed(0)
-    return ppo_update(
-        policy,
-        critic,
-        policy_opt,
-        critic_opt,
-        get_estimator(algo),
-        cfg,
-        data,
-        GROUPS,
-        None,
-        generator,
-    )
+    data.group_ids = GROUPS
+    learner = Learner(policy, policy_opt, critic, critic_opt)
+    return ppo_update(learner, get_estimator(algo), cfg, data, torch.Generator().manual_seed(0))
 
 
 def _reinforce_advantage(success) -> torch.Tensor:
@@ -233,7 +223,7 @@ def test_trainer_optimisers_take_the_configured_learning_rates(tmp_path, lr, cri
     x = policy.normalize(data.obs).double()
     normalized = BatchTensors(x, data.actions, data.rewards, data.mask)
     gw, gb = _closed_form_grad(w0, b0, normalized, adv, _log_probs(w0, b0, normalized), 0.2)
-    trainer.update(data, None, None, torch.Generator().manual_seed(0))
+    trainer.update(data, torch.Generator().manual_seed(0))
     for got, before, g in ((policy.net[0].weight, w0, gw), (policy.net[0].bias, b0, gb)):
         expected = before - lr * g / (g.abs() + 1e-8)
         assert torch.allclose(got.double(), expected, atol=lr * 1e-3)
@@ -268,8 +258,8 @@ def test_sppo_raises_the_success_rate_of_a_one_state_bandit():
         actions = policy.act(obs[:, 0], generator=g).unsqueeze(-1)
         data = BatchTensors(obs, actions, actions.float(), torch.ones(16, 1))
         cfg = RLConfig(epochs=2, mini_batch_size=8)
-        ppo_update(policy, critic, policy_opt, critic_opt, get_estimator("sppo"), cfg, data,
-                   None, None, g)  # fmt: skip
+        learner = Learner(policy, policy_opt, critic, critic_opt)
+        ppo_update(learner, get_estimator("sppo"), cfg, data, g)
         rates.append(p_success())
     assert rates[0] == pytest.approx(0.2)
     assert all(b > a for a, b in zip(rates[:-1], rates[1:], strict=True))

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sppo_bench.analysis.toy_report import calibration_stats, summary_table
 from sppo_bench.errors import UserError
 from sppo_bench.llm.data import build_prompt, load_problems
 from sppo_bench.llm.models import SequenceCritic
@@ -23,7 +24,6 @@ from sppo_bench.llm.toy import (
     sft_step,
     split_chains,
 )
-from sppo_bench.llm.toy_report import calibration_stats, summary_table
 from sppo_bench.llm.verifier import Verifier
 from sppo_bench.llm.warm_start import initial_policy_state, load_initial_weights
 

@@ -211,7 +211,7 @@ SUITE_MAIN = """
 import sys
 from pathlib import Path
 import sleepy
-from sppo_bench.analysis.suite import RunSpec, run_suite
+from sppo_bench.orchestration.suite import RunSpec, run_suite
 specs = [RunSpec("mountaincar", "sppo", s, 8, ()) for s in range(2)]
 run_suite(specs, Path(sys.argv[1]), workers=2, run_fn=sleepy.run, clone_fn=sleepy.clone)
 """

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from synthetic_runs import write_run
 
-from sppo_bench.analysis import suite
-from sppo_bench.analysis.suite import load_profile, plan_runs, run_state, run_suite
 from sppo_bench.cli import main
 from sppo_bench.errors import UserError
+from sppo_bench.orchestration import suite
+from sppo_bench.orchestration.suite import load_profile, plan_runs, run_state, run_suite
 
 TASKS = ["cartpole", "mountaincar", "hopper", "lunarlander", "pendulum"]
 

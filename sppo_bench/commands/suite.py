@@ -105,7 +105,7 @@ def _print_result(result) -> None:
 
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
-    from sppo_bench.analysis.suite import (
+    from sppo_bench.orchestration.suite import (
         check_runs_match,
         load_profile,
         plan_runs,
@@ -222,7 +222,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Quick profile on two tasks, SPPO vs PPO-GAE; then the report and all figures."""
-    from sppo_bench.analysis.suite import load_profile, plan_runs, run_suite
+    from sppo_bench.orchestration.suite import load_profile, plan_runs, run_suite
 
     start = time.monotonic()
     out = Path(args.out)

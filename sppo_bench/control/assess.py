@@ -23,7 +23,7 @@ from sppo_bench.control.evaluation import evaluate, policy_actor
 from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.trainer import Trainer, run_dir_for, stored_config
+from sppo_bench.control.trainer import SavedRun, run_dir_for, stored_config
 from sppo_bench.control.update import critic_values
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
@@ -31,21 +31,16 @@ from sppo_bench.io import atomic_write_bytes
 CALIBRATION_SEED = 5_000_000
 
 
-def load_trainer(task: str, algo: str, seed: int, runs_dir: Path) -> Trainer:
-    """A run's trainer restored from its ``config.yaml`` and latest checkpoint."""
+def load_run(task: str, algo: str, seed: int, runs_dir: Path) -> SavedRun:
+    """A run's policy and critic from its ``config.yaml`` and latest checkpoint."""
     run_dir = run_dir_for(runs_dir, task, algo, seed)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UserError(f"no run at {str(run_dir)!r}; train it first")
     config = stored_config(config_path)
-    name, run_seed = config.pop("algo"), config.pop("seed")
-    spec = from_dict(TaskSpec, config)
-    trainer = Trainer(
-        spec, name, run_seed, run_dir, stage_dir(runs_dir, task, "clone") / "policy.pt"
-    )
-    if not trainer.load():
-        raise UserError(f"run {str(run_dir)!r} has no checkpoint yet")
-    return trainer
+    name = config.pop("algo")
+    config.pop("seed")
+    return SavedRun.load(run_dir, from_dict(TaskSpec, config), name)
 
 
 def evaluate_saved(
@@ -59,8 +54,8 @@ def evaluate_saved(
         policy = load_policy(stage_dir(runs_dir, task, "clone") / "policy.pt", spec)
         what = "clone"
     else:
-        trainer = load_trainer(task, algo, seed, runs_dir)
-        policy, what = trainer.policy, f"{trainer.algo}/seed{seed}@{trainer.state['update']}"
+        run = load_run(task, algo, seed, runs_dir)
+        policy, what = run.policy, f"{run.algo}/seed{seed}@{run.update}"
     venv = make_vector_env(task, int(np.gcd(n_eval, 64)))
     det, sto, _ = evaluate(
         venv, policy, n_eval, get_task(task).horizon, torch.Generator().manual_seed(seed)
@@ -81,15 +76,15 @@ def calibrate(
     torch.set_num_threads(1)
     if k < 1 or m < 1:
         raise UserError(f"--calibration needs K >= 1 and M >= 1, got {k} {m}")
-    trainer = load_trainer(task, algo, seed, runs_dir)
-    if trainer.critic is None:
-        raise UserError(f"{trainer.algo} has no critic to calibrate; use sppo or ppo-gae")
-    strategy = trainer.estimator.critic_strategy
+    run = load_run(task, algo, seed, runs_dir)
+    if run.critic is None:
+        raise UserError(f"{run.algo} has no critic to calibrate; use sppo or ppo-gae")
+    strategy = run.estimator.critic_strategy
     seeds = CALIBRATION_SEED + np.arange(k)
     horizon = get_task(task).horizon
     venv = make_vector_env(task, m)
     generator = torch.Generator().manual_seed(seed)
-    actor = policy_actor(trainer.policy, False, generator)
+    actor = policy_actor(run.policy, False, generator)
     v0 = np.zeros(k, dtype=np.float32)
     rate = np.zeros(k, dtype=np.float32)
     for i, s in enumerate(tqdm(seeds, desc="calibration", disable=not progress)):
@@ -97,10 +92,10 @@ def calibrate(
         rate[i] = batch.success.mean()
         start = torch.as_tensor(batch.obs[:1, :1], dtype=torch.float32)  # s_0, [1, 1, d]
         with torch.no_grad():
-            out = critic_values(trainer.critic, strategy, start)
+            out = critic_values(run.critic, strategy, start)
         v0[i] = float(strategy.start_values(out)[0])
     buffer = io.BytesIO()
     np.savez(buffer, v0=v0, success_rate=rate, seeds=seeds)
-    path = trainer.run_dir / "calibration.npz"
+    path = run.run_dir / "calibration.npz"
     atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -21,6 +21,7 @@ import io
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sppo_bench.config import to_dict, write_yaml_atomic, yaml_round_trip
-from sppo_bench.control.cloning import load_policy
+from sppo_bench.control.cloning import build_policy, load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
@@ -38,8 +39,14 @@ from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.update import RESULT_KEYS, BatchTensors, critic_values, ppo_update
-from sppo_bench.core import get_estimator
+from sppo_bench.control.update import (
+    RESULT_KEYS,
+    BatchTensors,
+    Learner,
+    critic_values,
+    ppo_update,
+)
+from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import (
@@ -56,6 +63,47 @@ from sppo_bench.io import (
 def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
     """``runs/control/<task>/<run name of algo>/seed<seed>``."""
     return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
+
+
+CHECKPOINT = Path("checkpoints") / "latest.pt"
+
+
+def build_critic(spec: TaskSpec, policy: Policy) -> ValueNet:
+    """A run's critic: ``spec.policy.critic_hidden`` layers, the policy's input normalisation."""
+    critic = ValueNet(policy.obs_mean.numel(), spec.policy.critic_hidden, spec.policy.activation)
+    critic.set_normalization(policy.obs_mean, policy.obs_std)
+    return critic
+
+
+@dataclass
+class SavedRun:
+    """A run's networks as its latest checkpoint holds them (no optimisers, no environments)."""
+
+    run_dir: Path
+    estimator: EstimatorSpec
+    policy: Policy
+    critic: ValueNet | None
+    update: int
+
+    @property
+    def algo(self) -> str:
+        return self.estimator.run_name
+
+    @classmethod
+    def load(cls, run_dir: Path, spec: TaskSpec, algo: str) -> SavedRun:
+        """The networks of ``run_dir``'s ``checkpoints/latest.pt``; a one-line error if none."""
+        path = run_dir / CHECKPOINT
+        if not path.is_file():
+            raise UserError(f"run {str(run_dir)!r} has no checkpoint yet")
+        blob = torch.load(path, weights_only=False)
+        estimator = get_estimator(algo)
+        policy = build_policy(spec)
+        policy.load_state_dict(blob["policy"])
+        critic = None
+        if estimator.critic_strategy is not None:
+            critic = build_critic(spec, policy)
+            critic.load_state_dict(blob["critic"])
+        return cls(run_dir, estimator, policy, critic, int(blob["state"]["update"]))
 
 
 class Trainer:
@@ -89,10 +137,7 @@ class Trainer:
         self.critic: ValueNet | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
         if self.estimator.critic_strategy is not None:
-            self.critic = ValueNet(
-                self.policy.obs_mean.numel(), spec.policy.critic_hidden, spec.policy.activation
-            )
-            self.critic.set_normalization(self.policy.obs_mean, self.policy.obs_std)
+            self.critic = build_critic(spec, self.policy)
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -113,10 +158,10 @@ class Trainer:
         if self.critic is not None and self.critic_opt is not None:
             blob["critic"] = self.critic.state_dict()
             blob["critic_opt"] = self.critic_opt.state_dict()
-        atomic_torch_save(self.run_dir / "checkpoints" / "latest.pt", blob)
+        atomic_torch_save(self.run_dir / CHECKPOINT, blob)
 
     def load(self) -> bool:
-        path = self.run_dir / "checkpoints" / "latest.pt"
+        path = self.run_dir / CHECKPOINT
         if not path.is_file():
             return False
         blob = read_torch_file(path, keys=("state", "policy", "policy_opt"))
@@ -169,26 +214,10 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
 
     # --- the loop ------------------------------------------------------------------------
-    def update(
-        self,
-        data: BatchTensors,
-        group_ids: torch.Tensor | None,
-        baseline: torch.Tensor | None,
-        generator: torch.Generator,
-    ) -> dict[str, float | None]:
+    def update(self, data: BatchTensors, generator: torch.Generator) -> dict[str, float | None]:
         """One RL update of this run's policy and critic with its optimisers on ``data``."""
-        return ppo_update(
-            self.policy,
-            self.critic,
-            self.policy_opt,
-            self.critic_opt,
-            self.estimator,
-            self.spec.rl,
-            data,
-            group_ids,
-            baseline,
-            generator,
-        )
+        learner = Learner(self.policy, self.policy_opt, self.critic, self.critic_opt)
+        return ppo_update(learner, self.estimator, self.spec.rl, data, generator)
 
     def step(self, update: int) -> dict[str, Any]:
         """Collect one batch of whole episodes and update; returns the metrics row."""
@@ -205,8 +234,8 @@ class Trainer:
         baseline = None
         if self.estimator.needs_greedy_baseline:
             baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
-        data = BatchTensors.from_batch(sampled, self.policy.discrete)
-        stats = self.update(data, group_ids, baseline, generator)
+        data = BatchTensors.from_batch(sampled, self.policy.discrete, group_ids, baseline)
+        stats = self.update(data, generator)
         elapsed = time.time() - start
         self.state["update"] = update
         self.state["episodes"] += len(sampled.lengths)
@@ -324,8 +353,10 @@ def requested_config(
 ) -> tuple[Path, TaskSpec, dict[str, Any]]:
     """(run folder relative to a runs dir, task spec, config.yaml contents) of the run
     ``train_run`` would make with these arguments."""
-    name = get_estimator(algo).run_name
+    estimator = get_estimator(algo)
+    name = estimator.run_name
     spec = load_spec(task, overrides)
+    estimator.configured_params(spec.rl.estimator_params)  # a bad parameter fails before any work
     if episodes is not None:
         spec.rl.episodes = episodes
     return run_dir_for(Path("."), spec.task, name, seed), spec, resolved_config(spec, name, seed)
@@ -370,4 +401,4 @@ def train_run(
     return run_dir
 
 
-__all__ = ["Trainer", "run_dir_for", "stored_config", "train_run"]
+__all__ = ["SavedRun", "Trainer", "run_dir_for", "stored_config", "train_run"]

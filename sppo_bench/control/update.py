@@ -11,8 +11,8 @@ Per estimator, the trainer only consults ``EstimatorSpec``:
   SPPO's sequence critic, every s_t for PPO-GAE's step critic), the advantage input its old
   outputs fill, and its loss (BCE(v, R); 0.5 (V - G_t)^2 with the estimator's returns G_t, no
   clipping here);
-- ``needs_groups`` / ``needs_greedy_baseline``: ``group_ids`` / ``baseline_rewards`` are filled
-  by the caller's rollout.
+- ``needs_groups`` / ``needs_greedy_baseline``: the batch's ``group_ids`` / ``baseline_rewards``
+  are filled by the caller's rollout.
 
 The policy loss is the clipped surrogate of :mod:`sppo_bench.core.losses` over all masked steps,
 ``spec.rl.epochs`` epochs of mini-batches of ``spec.rl.mini_batch_size`` whole episodes
@@ -42,23 +42,44 @@ from sppo_bench.core.ppo import (
 
 @dataclass
 class BatchTensors:
-    """An ``EpisodeBatch`` as tensors: obs ``[B, T, d]``, actions ``[B, T(, a)]``,
-    rewards / mask ``[B, T]``."""
+    """One update's episodes as tensors: obs ``[B, T, d]``, actions ``[B, T(, a)]``,
+    rewards / mask ``[B, T]``; group_ids ``[B]`` (group estimators) and baseline_rewards ``[B]``
+    (ReMax: the greedy episode's success from the same start state), else None."""
 
     obs: Tensor
     actions: Tensor
     rewards: Tensor
     mask: Tensor
+    group_ids: Tensor | None = None
+    baseline_rewards: Tensor | None = None
 
     @classmethod
-    def from_batch(cls, batch: EpisodeBatch, discrete: bool) -> BatchTensors:
+    def from_batch(
+        cls,
+        batch: EpisodeBatch,
+        discrete: bool,
+        group_ids: Tensor | None = None,
+        baseline_rewards: Tensor | None = None,
+    ) -> BatchTensors:
         actions = torch.as_tensor(batch.actions)
         return cls(
             torch.as_tensor(batch.obs, dtype=torch.float32),
             actions.long() if discrete else actions.float(),
             torch.as_tensor(batch.rewards, dtype=torch.float32),
             torch.as_tensor(batch.mask, dtype=torch.float32),
+            group_ids,
+            baseline_rewards,
         )
+
+
+@dataclass
+class Learner:
+    """The networks an update trains and their optimisers (no critic: both None)."""
+
+    policy: Policy
+    policy_opt: torch.optim.Optimizer
+    critic: ValueNet | None = None
+    critic_opt: torch.optim.Optimizer | None = None
 
 
 def critic_values(
@@ -71,45 +92,42 @@ def critic_values(
 
 
 def ppo_update(
-    policy: Policy,
-    critic: ValueNet | None,
-    policy_opt: torch.optim.Optimizer,
-    critic_opt: torch.optim.Optimizer | None,
+    learner: Learner,
     estimator: EstimatorSpec,
     cfg: RLConfig,
     data: BatchTensors,
-    group_ids: Tensor | None,
-    baseline_rewards: Tensor | None,
     generator: torch.Generator,
 ) -> dict[str, float | None]:
-    """Advantages through the core estimator, then clipped-PPO epochs; returns the loss and
-    critic diagnostics (``None`` where there is no critic)."""
-    bsz = data.obs.shape[0]
-    strategy = estimator.critic_strategy
+    """Old outputs -> advantages (core estimator) -> critic and policy PPO epochs (core loop) ->
+    diagnostics. Returns the row's update metrics (``None`` where there is no critic)."""
+    policy, critic = learner.policy, learner.critic
+    strategy = estimator.critic_strategy if critic is not None else None
     with torch.no_grad():
         old_log_probs, _ = policy.log_prob_entropy(data.obs, data.actions)
         old_critic = critic_values(critic, strategy, data.obs)
+
     inputs = AdvantageInput(
         rewards=data.rewards,
         mask=data.mask,
-        terminated=torch.ones(bsz, dtype=torch.bool),
-        group_ids=group_ids,
-        baseline_rewards=baseline_rewards,
+        terminated=torch.ones(len(data.obs), dtype=torch.bool),
+        group_ids=data.group_ids,
+        baseline_rewards=data.baseline_rewards,
         **(strategy.advantage_inputs(old_critic) if strategy else {}),
     )
     params = estimator.configured_params(cfg.estimator_params)
     out = compute_advantages(estimator.name, inputs, **params)
     advantages = out.advantages.detach()
+
     settings = cfg.settings()
-    schedule = minibatch_schedule(bsz, cfg.epochs, cfg.mini_batch_size, generator)
+    schedule = minibatch_schedule(len(data.obs), cfg.epochs, cfg.mini_batch_size, generator)
     result: dict[str, float | None] = dict.fromkeys(RESULT_KEYS)
-    if critic is not None and critic_opt is not None and strategy is not None:
+    if strategy is not None and learner.critic_opt is not None:
         result.update(
             critic_phase(
                 lambda idx: critic_values(critic, strategy, data.obs[idx]),
                 strategy,
                 list(critic.parameters()),
-                critic_opt,
+                learner.critic_opt,
                 schedule,
                 out.value_targets,
                 old_critic,
@@ -117,11 +135,10 @@ def ppo_update(
                 settings,
             )
         )
-        result.update(strategy.diagnostics(old_critic, out.value_targets, data.mask))
     policy_stats = policy_phase(
         lambda idx: policy.log_prob_entropy(data.obs[idx], data.actions[idx]),
         list(policy.parameters()),
-        policy_opt,
+        learner.policy_opt,
         schedule,
         old_log_probs,
         advantages,
@@ -129,6 +146,8 @@ def ppo_update(
         settings,
     )
     result.update(policy_stats)
+    if strategy is not None:
+        result.update(strategy.diagnostics(old_critic, out.value_targets, data.mask))
     return result
 
 

@@ -1,4 +1,6 @@
-"""The shared algorithm core: advantage estimators and losses over padded ``[B, T]`` batches."""
+"""The shared algorithm core over padded ``[B, T]`` batches: the estimator registry (the one list
+of algorithms), losses, the two critic strategies (``core.critics``) and the PPO settings and
+epoch loop (``core.ppo``)."""
 
 from sppo_bench.core.advantages import (
     ESTIMATORS,

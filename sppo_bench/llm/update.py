@@ -1,9 +1,6 @@
-"""Forward passes and optimiser steps over a ``RolloutBatch``, in mini- and micro-batches.
-
-A mini-batch is one optimiser step; it is split into micro-batches whose gradients accumulate.
-Token-mean losses use the mini-batch's global token count (``aggregate(..., global_tokens)``) and
-the BCE loss is weighted by the micro-batch's share of rows, so that the accumulated gradient is
-exactly the gradient of the whole mini-batch's loss.
+"""This track's forward passes over a ``RolloutBatch``, in micro-batches: recomputed log-probs,
+critic predictions, and the policy / critic forward functions that the core's PPO loop
+(``sppo_bench.core.ppo``: mini-batches, micro-batches with global counts, clipping) steps on.
 """
 
 from __future__ import annotations

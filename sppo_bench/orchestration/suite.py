@@ -68,7 +68,9 @@ class RunSpec:
     overrides: tuple[str, ...]
 
     def run_dir(self, runs_dir: Path) -> Path:
-        return Path(runs_dir) / "control" / self.task / self.algo / f"seed{self.seed}"
+        from sppo_bench.control.trainer import run_dir_for
+
+        return run_dir_for(Path(runs_dir), self.task, self.algo, self.seed)
 
     def __str__(self) -> str:
         return f"{self.task}/{self.algo}/seed{self.seed}"

@@ -1,0 +1,1 @@
+"""Orchestration: running many training runs (the multi-seed suite runner)."""
