@@ -16,9 +16,16 @@ print(load_spec("hopper").horizon, load_profile("quick").name)
 
 
 def test_wheel_installs_specs_and_profiles(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    import shutil
+
+    source, wheels, target = tmp_path / "src", tmp_path / "wheels", tmp_path / "site"
+    for part in ("sppo_bench", "envs", "pyproject.toml", "README.md"):  # a build writes build/
+        if (ROOT / part).is_dir():
+            shutil.copytree(ROOT / part, source / part, symlinks=True)
+        else:
+            shutil.copy(ROOT / part, source / part)
     build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*build, str(ROOT), "-w", str(wheels)], check=True, capture_output=True)
+    subprocess.run([*build, str(source), "-w", str(wheels)], check=True, capture_output=True)
     wheel = next(wheels.glob("sppo_bench-*.whl"))
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target"]
     subprocess.run([*install, str(target), str(wheel)], check=True, capture_output=True)

@@ -1,5 +1,5 @@
-"""Batched numpy dynamics for the three classic-control tasks of the sparse control suite (and,
-through :mod:`sppo_bench.control.batched_hopper`, SparseHopper on ``mujoco.rollout``).
+"""Batched numpy dynamics for the three classic-control tasks of the sparse control suite
+(SparseHopper's batched backend, on ``mujoco.rollout``, is ``control.batched_hopper``).
 
 Each class is a ``gymnasium.vector.VectorEnv`` that steps ``N`` copies of one task with whole-array
 math (no Python loop over environments in ``step``). The physics, constants, operation order and
@@ -303,19 +303,10 @@ BATCHED_TASKS: dict[str, type[_BatchedSparseEnv]] = {  # the numpy dynamics of t
 }
 
 
-def batched_tasks() -> dict[str, type[_BatchedSparseEnv]]:
-    """Every batched task: this module's and SparseHopper on ``mujoco.rollout`` (imported here,
-    on use, because its module builds on this one)."""
-    from sppo_bench.control.batched_hopper import SparseHopperBatched
-
-    return {**BATCHED_TASKS, SparseHopperBatched.task_id: SparseHopperBatched}
-
-
 def make_batched_env(task: str, num_envs: int) -> _BatchedSparseEnv:
-    """``num_envs`` batched copies of ``task`` (a key of ``batched_tasks()``, with or without the
+    """``num_envs`` batched copies of ``task`` (a key of ``BATCHED_TASKS``, with or without the
     ``sppo_bench/`` prefix)."""
     key = task if task.startswith("sppo_bench/") else f"sppo_bench/{task}"
-    tasks = batched_tasks()
-    if key not in tasks:
-        raise KeyError(f"no batched dynamics for {task!r}; valid: {', '.join(tasks)}")
-    return tasks[key](num_envs)
+    if key not in BATCHED_TASKS:
+        raise KeyError(f"no batched dynamics for {task!r}; valid: {', '.join(BATCHED_TASKS)}")
+    return BATCHED_TASKS[key](num_envs)

@@ -7,9 +7,10 @@ ends it is not stepped again (its last outputs are repeated, ``reward = 0``) unt
 the contract the episode collector relies on: reset all, step until every env has ended, read
 each env only up to its own end.
 
-The "batched" backend (array-math dynamics for CartPole, MountainCar and Pendulum, and SparseHopper
-on ``mujoco.rollout``) is :mod:`sppo_bench.control.batched`: ``batched_tasks()`` (keyed by
-Gymnasium id) and ``make_batched_env(task: str, num_envs: int) -> VectorEnv`` with the same API.
+The "batched" backend: array-math dynamics for CartPole, MountainCar and Pendulum
+(:mod:`sppo_bench.control.batched`) and SparseHopper on ``mujoco.rollout``
+(:mod:`sppo_bench.control.batched_hopper`), all ``VectorEnv`` classes with the same API, keyed by
+Gymnasium id in ``BATCHED``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from sppo_bench.control.batched import batched_tasks, make_batched_env
+from sppo_bench.control.batched import BATCHED_TASKS
+from sppo_bench.control.batched_hopper import SparseHopperBatched
 from sppo_bench.control.tasks import SparseTask, get_task
 from sppo_bench.errors import UserError
 
 BACKENDS = ("auto", "gymnasium", "batched")
+BATCHED = {**BATCHED_TASKS, SparseHopperBatched.task_id: SparseHopperBatched}
 
 
 class EpisodeVectorEnv(VectorEnv):
@@ -104,7 +107,7 @@ def resolve_backend(task: str, backend: str = "auto") -> str:
     name = get_task(task).env_id
     if backend == "gymnasium":
         return "gymnasium"
-    supported = batched_tasks()
+    supported = BATCHED
     if backend == "batched":
         if name not in supported:
             valid = ", ".join(sorted(supported)) or "none"
@@ -123,7 +126,7 @@ def make_vector_env(task: str, num_envs: int, backend: str = "auto") -> VectorEn
         raise UserError(f"num_envs must be >= 1, got {num_envs}")
     info = get_task(task)
     if resolve_backend(info.name, backend) == "batched":
-        return make_batched_env(info.env_id, num_envs)
+        return BATCHED[info.env_id](num_envs)
     return EpisodeVectorEnv([info.cls() for _ in range(num_envs)])
 
 
