@@ -395,11 +395,14 @@ def test_ppo_gae_comparison_is_sb3_ppo_at_gamma_lambda_one() -> None:
     """``make_algorithm`` resolves the core's names: PPO-GAE is SB3's PPO with gamma = lambda =
     1, and its advantages on a whole episode equal the core's GAE(1, 1); other estimators are a
     one-line UserError."""
-    ppo = make_algorithm("ppo-gae", "MlpPolicy", "sppo_bench/PrecisionCartPole-v0", n_steps=64)
+    task = "sppo_bench/PrecisionCartPole-v0"
+    ppo = make_algorithm("ppo-gae", "MlpPolicy", task, n_steps=64, batch_size=32, seed=0)
     assert isinstance(ppo, PPO) and (ppo.gamma, ppo.gae_lambda) == (1.0, 1.0)
+    ppo.learn(128)  # runs on the suite's task like SPPO does
+    assert ppo.num_timesteps == 128
     assert isinstance(make_algorithm("sppo", "MlpPolicy", SparseBandit()), SPPO)
     env = make_vec_env(Countdown, n_envs=1, seed=0, env_kwargs={"length": 8})
-    ppo = make_algorithm("gae", "MlpPolicy", env, n_steps=8, seed=0)
+    ppo = make_algorithm("gae", "MlpPolicy", env, n_steps=8, batch_size=8, seed=0)
     ppo._setup_learn(8)
     ppo.collect_rollouts(ppo.env, ppo._init_callback(None), ppo.rollout_buffer, 8)
     buffer = ppo.rollout_buffer
