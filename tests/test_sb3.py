@@ -31,7 +31,7 @@ from sppo_bench.core import (
     compute_advantages,
 )
 from sppo_bench.errors import UserError
-from sppo_bench.sb3 import SPPO, clone_state_dict, make_algorithm
+from sppo_bench.sb3 import SPPO, clone_state_dict, episode_outcome, make_algorithm
 
 REPO = Path(__file__).resolve().parents[1]
 BANDIT_P = (0.1, 0.2, 0.3, 0.9)
@@ -236,6 +236,19 @@ def test_outcome_from_info_success_over_return() -> None:
         outcomes = [e.outcome for e in model.rollout_buffer.episodes]
         assert set(outcomes) == {0.0, 1.0}
         assert list(model.ep_success_buffer)[-len(outcomes) :] == outcomes
+
+
+def test_episode_outcome_precedence() -> None:
+    """info["success"] over the Monitor's raw return over the summed (possibly normalised)
+    rewards; the transform applies to returns only."""
+    half = lambda r: r / 2.0  # noqa: E731
+    assert episode_outcome({"success": True, "episode": {"r": 0.0}}, 0.0, None) == 1.0
+    assert episode_outcome({"success": False}, 1.0, half) == 0.0
+    assert episode_outcome({"episode": {"r": 1.0}}, 0.37, None) == 1.0
+    assert episode_outcome({}, 0.0, None) == 0.0
+    assert episode_outcome({"episode": {"r": 2.0}}, 0.5, half) == 1.0
+    with pytest.raises(UserError, match="binary outcome"):
+        episode_outcome({}, 0.37, None)
 
 
 def test_bad_settings_are_user_errors() -> None:
