@@ -34,6 +34,18 @@ from sppo_bench.errors import UserError
 from sppo_bench.sb3 import SPPO, clone_state_dict, episode_outcome, make_algorithm
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small MLPs: one torch thread (faster here, and the CPU-time budgets count work, not the
+    spinning of idle threads on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 BANDIT_P = (0.1, 0.2, 0.3, 0.9)
 
 
@@ -273,7 +285,7 @@ def test_bandit_success_rises_within_a_small_budget() -> None:
     print(f"bandit success: {before:.3f} -> {after:.3f}")
     assert after > 0.6 > before
     assert model.logger.name_to_value["train/outcome_mean"] > before
-    assert time.process_time() - start < 60
+    assert time.process_time() - start < 60, time.process_time() - start
 
 
 def _noisy_mountaincar_clone(path: Path, idle: float = 0.8) -> None:
@@ -310,7 +322,7 @@ def test_mountaincar_from_clone_success_rises(tmp_path: Path) -> None:
     after = _mountaincar_success(model)
     print(f"SparseMountainCar success: {before:.3f} -> {after:.3f}")
     assert before < 0.8 and after >= before + 0.2, (before, after)
-    assert time.process_time() - start < 60
+    assert time.process_time() - start < 60, time.process_time() - start
 
 
 def test_clone_state_dict_reproduces_the_clone(tmp_path: Path) -> None:
