@@ -195,7 +195,7 @@ def test_advantages_and_losses_equal_the_core() -> None:
     torch.testing.assert_close(advantages, adv)
     torch.testing.assert_close(advantages, core.advantages)
     torch.testing.assert_close(targets, outcomes_t)
-    expected = clipped_policy_loss(new, old, adv, mask, 0.2, None, 3.0, "seq-mean-token-mean")
+    expected = clipped_policy_loss(new, old, adv, mask, 0.2, 3.0, "seq-mean-token-mean")
     assert expected.clip_fraction > 0  # the perturbation moved the ratios
     torch.testing.assert_close(out.policy.loss, expected.loss)
     torch.testing.assert_close(out.policy.approx_kl, expected.approx_kl)
@@ -451,7 +451,7 @@ def test_rl_zoo_hyperparameters_build_sppo_for_every_task() -> None:
         assert params.pop("n_timesteps") == spec.rl.episodes * task.horizon
         assert params.pop("n_envs") >= 1
         assert params["n_episodes"] == spec.rl.trajectories_per_update
-        assert params["batch_size"] * spec.rl.minibatches == params["n_episodes"]
+        assert params["batch_size"] == spec.rl.mini_batch_size
         assert params["n_epochs"] == spec.rl.epochs and params["dual_clip"] == spec.rl.dual_clip
         assert params["learning_rate"] == spec.rl.lr
         params["policy_kwargs"] = eval(params["policy_kwargs"], {"dict": dict})  # rl-zoo3 style

@@ -19,8 +19,8 @@ The algorithm is the one of :mod:`sppo_bench.core`, fed from an SB3 ``VecEnv``:
   ``core.bce_value_loss(v, R)``.
 - **Advantage.** ``core.compute_advantages("sppo", ...)``: A = R - V(s_0) on every step of the
   episode, with V(s_0) evaluated by the critic at the start of the update (no whitening).
-- **Policy loss.** ``core.clipped_policy_loss`` (clip ``clip_range``, optional asymmetric
-  ``clip_range_high``, dual clip ``dual_clip``), reduced by ``core.aggregate`` under
+- **Policy loss.** ``core.clipped_policy_loss`` (clip ``clip_range``, dual clip
+  ``dual_clip``), reduced by ``core.aggregate`` under
   ``aggregation`` (token-mean, seq-mean-token-sum, seq-mean-token-mean).
 
 One optimiser step per mini-batch of ``batch_size`` episodes minimises, as SB3's PPO does,
@@ -187,7 +187,6 @@ class SPPO(OnPolicyAlgorithm):
     :param batch_size: episodes per mini-batch (one optimiser step each).
     :param n_epochs: passes over the update's episodes.
     :param clip_range: the surrogate's clip epsilon, or a schedule.
-    :param clip_range_high: upper clip epsilon (``None``: ``clip_range``).
     :param dual_clip: dual clip constant c > 1 for A < 0 (``None``: off).
     :param aggregation: loss reduction over steps (``sppo_bench.core.AGGREGATIONS``).
     :param ent_coef: entropy coefficient.
@@ -214,7 +213,6 @@ class SPPO(OnPolicyAlgorithm):
         batch_size: int = 4,
         n_epochs: int = 4,
         clip_range: float | Schedule = 0.2,
-        clip_range_high: float | None = None,
         dual_clip: float | None = 3.0,
         aggregation: str = "token-mean",
         ent_coef: float = 0.0,
@@ -266,7 +264,6 @@ class SPPO(OnPolicyAlgorithm):
         self.batch_size = batch_size
         self.n_epochs = n_epochs
         self.clip_range = clip_range
-        self.clip_range_high = clip_range_high
         self.dual_clip = dual_clip
         self.aggregation = aggregation
         self.return_transform = return_transform
@@ -411,7 +408,6 @@ class SPPO(OnPolicyAlgorithm):
             advantages[rows],
             mask,
             clip_eps=clip_range,
-            clip_eps_high=self.clip_range_high,
             dual_clip=self.dual_clip,
             aggregation=self.aggregation,
         )
