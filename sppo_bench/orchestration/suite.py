@@ -340,6 +340,13 @@ class _RayExecutor:
         pass
 
 
+def _clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` past an hour) of the suite's elapsed time, for progress lines."""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
 def make_executor(executor: str, workers: int, ray_address: str | None = None) -> Any:
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -395,13 +402,11 @@ def run_suite(
     progress = workers == 1 and executor == "local"
     jobs: dict[Any, tuple[str, Any]] = {}
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="suite runs", unit="run")
-    started = {}
     try:
         for task in todo:
             overrides = stage_overrides(todo[task][0])
             jobs[pool.submit(execute_clone, clone_fn, task, runs_dir, overrides)] = ("clone", task)
-            started[task] = time.monotonic()
-            bar.write(f"{task}: expert and clone stages started (cached stages are reused)")
+            bar.write(f"[{_clock(0)}] {task}: expert and clone stages (cached ones are reused)")
         while jobs:
             for handle in pool.wait_any(list(jobs)):
                 kind, item = jobs.pop(handle)
@@ -410,15 +415,14 @@ def run_suite(
                     error = None
                 except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
                     error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                took = time.monotonic() - started.pop(item if kind == "clone" else str(item))
+                clock = _clock(time.monotonic() - start)
                 if kind == "clone":
                     status = "ready" if error is None else f"FAILED: {error}"
-                    bar.write(f"{item}: expert and clone {status} ({took:.0f} s)")
+                    bar.write(f"[{clock}] {item}: expert and clone {status}")
                     for spec in todo[item]:
                         if error is None:
                             job = pool.submit(execute_run, run_fn, spec, runs_dir, progress)
                             jobs[job] = ("run", spec)
-                            started[str(spec)] = time.monotonic()
                         else:
                             result.failed.append((spec, f"clone stage failed: {error}"))
                             bar.update(1)
@@ -427,7 +431,7 @@ def run_suite(
                         result.finished.append(item)
                     else:
                         result.failed.append((item, error))
-                    bar.write(f"{item}: {'done' if error is None else 'FAILED'} ({took:.0f} s)")
+                    bar.write(f"[{clock}] {item}: {'done' if error is None else 'FAILED'}")
                     bar.update(1)
     except KeyboardInterrupt:
         getattr(pool, "kill", pool.shutdown)()
