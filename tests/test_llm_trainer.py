@@ -68,7 +68,9 @@ def _strip(row):
 def test_train_checkpoint_and_resume_reproduce_an_uninterrupted_run(tmp_path, algo, extra):
     straight, changed, trainer = _train(_config(algo, 3, *extra), tmp_path / "a")
     assert [r["step"] for r in straight] == [1, 2, 3]
-    assert (tmp_path / "a" / "done").exists() and (tmp_path / "a" / "checkpoint.pt").exists()
+    assert (tmp_path / "a" / "done").exists() and (
+        tmp_path / "a" / "checkpoints" / "latest.pt"
+    ).exists()
     row = straight[0]
     for key in (
         "reward_mean",

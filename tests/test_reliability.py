@@ -143,7 +143,7 @@ def test_a_diverging_llm_run_stops_before_its_checkpoint_is_overwritten(tmp_path
     assert "non-finite" in (tmp_path / "x" / "diverged").read_text()
     rows = (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()
     assert all("NaN" not in r and "Infinity" not in r for r in rows)
-    state = torch.load(tmp_path / "x" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "x" / "checkpoints" / "latest.pt", weights_only=False)
     assert state["step"] == len(rows) >= 1  # the last finite step, saved before the blow-up
     assert all(torch.isfinite(p).all() for p in state["policy"].values())
 

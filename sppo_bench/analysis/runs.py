@@ -26,7 +26,8 @@ from sppo_bench.analysis.stats import episodes_to_threshold
 from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import LOSS_METRICS
 from sppo_bench.errors import UserError
-from sppo_bench.io import MetricsWriter, atomic_write_text
+from sppo_bench.io import atomic_write_text
+from sppo_bench.rundir import RunDir
 
 EVAL_METRICS = {
     "stochastic": "eval/success_stochastic",
@@ -69,7 +70,7 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return (self.path / "done").is_file()
+        return RunDir(self.path).done
 
     @property
     def diverged(self) -> str | None:
@@ -80,7 +81,7 @@ class Run:
     @cached_property
     def metrics(self) -> pd.DataFrame:
         """All metrics rows as a DataFrame (``null`` -> NaN), sorted by update."""
-        rows = MetricsWriter(self.path / "metrics.jsonl").rows()
+        rows = RunDir(self.path).metrics().rows()
         frame = pd.DataFrame(rows)
         if frame.empty:
             return pd.DataFrame(columns=list(COMPACT_COLUMNS))
@@ -172,7 +173,7 @@ def discover_runs(
                 continue
             for seed_dir in algo_dir.iterdir():
                 m = _SEED_DIR.match(seed_dir.name)
-                if not (m and (seed_dir / "metrics.jsonl").is_file()):
+                if not (m and RunDir(seed_dir).metrics_path.is_file()):
                     continue
                 run = Run(task_dir.name, algo_dir.name, int(m.group(1)), seed_dir)
                 if finished_only and not run.done:

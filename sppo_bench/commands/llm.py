@@ -13,6 +13,7 @@ from sppo_bench.config import load_config
 from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 from sppo_bench.io import read_torch_file
+from sppo_bench.rundir import RunDir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,13 +60,16 @@ def _config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from sppo_bench.llm.trainer import LLMTrainer
+    from sppo_bench.config import to_dict
+    from sppo_bench.llm.trainer import BUDGET_KEYS, RUN_DIR_REMEDY, LLMTrainer
 
     torch.set_num_threads(args.threads)
     cfg = _config(args)
     run_dir = Path(args.run_dir or Path(cfg.train.output_dir) / cfg.algo.name)
-    if (run_dir / "done").exists():
-        done = int((run_dir / "done").read_text().split()[0])
+    run = RunDir(run_dir)
+    run.check_config(to_dict(cfg), ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY)
+    if run.done:
+        done = int(run.done_summary().get("step", 0))
         if done >= cfg.train.steps:
             print(f"{run_dir}: finished ({done} steps); nothing to do")
             return 0
@@ -93,10 +97,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     checkpoint = None
     if args.checkpoint:
         path = Path(args.checkpoint)
-        path = path / "checkpoint.pt" if path.is_dir() else path
-        if not path.is_file():
-            raise UserError(f"checkpoint {str(path)!r} does not exist")
-        state = read_torch_file(path, keys=("policy", "step"))
+        if path.is_dir():  # a run folder: its latest checkpoint
+            state = RunDir(path).load_checkpoint(keys=("policy", "step"))
+            if state is None:
+                raise UserError(f"run folder {str(path)!r} has no checkpoint yet")
+        else:
+            state = read_torch_file(path, keys=("policy", "step"))
         policy.load_state_dict(state["policy"])
         checkpoint = {"path": str(path.resolve()), "step": int(state["step"])}
     elif cfg.model.init:

@@ -23,10 +23,11 @@ from sppo_bench.control.evaluation import evaluate, policy_actor
 from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.trainer import SavedRun, run_dir_for, stored_config
+from sppo_bench.control.trainer import SavedRun, run_dir_for, upgrade_stored_config
 from sppo_bench.control.update import critic_values
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
+from sppo_bench.rundir import RunDir
 
 CALIBRATION_SEED = 5_000_000
 
@@ -34,10 +35,9 @@ CALIBRATION_SEED = 5_000_000
 def load_run(task: str, algo: str, seed: int, runs_dir: Path) -> SavedRun:
     """A run's policy and critic from its ``config.yaml`` and latest checkpoint."""
     run_dir = run_dir_for(runs_dir, task, algo, seed)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    config = RunDir(run_dir).stored_config(upgrade_stored_config)
+    if config is None:
         raise UserError(f"no run at {str(run_dir)!r}; train it first")
-    config = stored_config(config_path)
     name = config.pop("algo")
     config.pop("seed")
     return SavedRun.load(run_dir, from_dict(TaskSpec, config), name)

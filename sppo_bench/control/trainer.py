@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from sppo_bench.config import to_dict, write_yaml_atomic, yaml_round_trip
+from sppo_bench.config import to_dict
 from sppo_bench.control.cloning import build_policy, load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
@@ -50,22 +49,14 @@ from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import UserError
 from sppo_bench.io import (
-    MetricsWriter,
-    RunLock,
-    atomic_torch_save,
     atomic_write_bytes,
-    atomic_write_json,
-    divergence_marker,
-    read_torch_file,
 )
+from sppo_bench.rundir import RunDir
 
 
 def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
     """``runs/control/<task>/<run name of algo>/seed<seed>``."""
     return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
-
-
-CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 
 def build_critic(spec: TaskSpec, policy: Policy) -> ValueNet:
@@ -92,10 +83,9 @@ class SavedRun:
     @classmethod
     def load(cls, run_dir: Path, spec: TaskSpec, algo: str) -> SavedRun:
         """The networks of ``run_dir``'s ``checkpoints/latest.pt``; a one-line error if none."""
-        path = run_dir / CHECKPOINT
-        if not path.is_file():
+        blob = RunDir(run_dir).load_checkpoint(keys=("state", "policy"))
+        if blob is None:
             raise UserError(f"run {str(run_dir)!r} has no checkpoint yet")
-        blob = torch.load(path, weights_only=False)
         estimator = get_estimator(algo)
         policy = build_policy(spec)
         policy.load_state_dict(blob["policy"])
@@ -146,7 +136,8 @@ class Trainer:
         eval_envs = math.gcd(cfg.n_eval, 64)
         self.eval_env = make_vector_env(spec.task, eval_envs, cfg.backend)
         self.state = {"update": 0, "episodes": 0, "env_steps": 0, "wall_time": 0.0}
-        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", tensorboard=tensorboard)
+        self.folder = RunDir(run_dir)
+        self.metrics = self.folder.metrics(tensorboard)
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
@@ -158,13 +149,12 @@ class Trainer:
         if self.critic is not None and self.critic_opt is not None:
             blob["critic"] = self.critic.state_dict()
             blob["critic_opt"] = self.critic_opt.state_dict()
-        atomic_torch_save(self.run_dir / CHECKPOINT, blob)
+        self.folder.save_checkpoint(blob)
 
     def load(self) -> bool:
-        path = self.run_dir / CHECKPOINT
-        if not path.is_file():
+        blob = self.folder.load_checkpoint(keys=("state", "policy", "policy_opt"))
+        if blob is None:
             return False
-        blob = read_torch_file(path, keys=("state", "policy", "policy_opt"))
         self.state = dict(blob["state"])
         self.policy.load_state_dict(blob["policy"])
         self.policy_opt.load_state_dict(blob["policy_opt"])
@@ -303,9 +293,11 @@ def _empty_losses() -> dict[str, Any]:
     return {"train/success_rate": None, **dict.fromkeys(RESULT_KEYS), "charts/SPS": None}
 
 
-def stored_config(path: Path) -> dict[str, Any]:
-    """A run's ``config.yaml`` with the ``rl`` keys of older versions as today's."""
-    config = yaml.safe_load(path.read_text())
+RUNS_DIR_REMEDY = "use another --runs-dir or remove that folder"
+
+
+def upgrade_stored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config with the ``rl`` keys of older versions as today's."""
     if isinstance(config.get("rl"), dict):
         config["rl"] = upgrade_stored_rl(config["rl"])
     return config
@@ -314,38 +306,6 @@ def stored_config(path: Path) -> dict[str, Any]:
 def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
     """What ``config.yaml`` holds: algorithm, seed and the full task spec."""
     return {"algo": algo, "seed": seed, **to_dict(spec)}
-
-
-def config_difference(stored: Any, requested: Any, prefix: str = "") -> str | None:
-    """The first key (dotted) where two config mappings differ, as ``key: a != b``, or None."""
-    if isinstance(stored, dict) and isinstance(requested, dict):
-        for key in list(requested) + [k for k in stored if k not in requested]:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            if key not in stored or key not in requested:
-                return f"{where}: {stored.get(key, '<absent>')} != {requested.get(key, '<absent>')}"
-            found = config_difference(stored[key], requested[key], where)
-            if found:
-                return found
-        return None
-    return None if stored == requested else f"{prefix}: {stored} != {requested}"
-
-
-def check_stored_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Refuse a run folder whose stored ``config.yaml`` differs from ``config``: a finished run
-    with other settings must never be reused, nor an unfinished one continued."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return
-    try:
-        stored = stored_config(path)
-    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{str(path)!r} is not a readable config; remove that folder") from None
-    diff = config_difference(stored, yaml_round_trip(config))
-    if diff:
-        raise UserError(
-            f"{str(run_dir)!r} holds a run with other settings (stored vs requested {diff}); "
-            "use another --runs-dir or remove that folder"
-        )
 
 
 def requested_config(
@@ -382,14 +342,14 @@ def train_run(
     relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
     name = config["algo"]
     run_dir = Path(runs_dir) / relative
-    config_path = run_dir / "config.yaml"
-    check_stored_config(run_dir, config)
-    if (run_dir / "done").is_file():
+    run = RunDir(run_dir)
+    run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+    if run.done:
         return run_dir
-    with RunLock(run_dir), divergence_marker(run_dir):
-        if (run_dir / "done").is_file():  # finished by the process that held the lock
+    with run.writing():
+        if run.done:  # finished by the process that held the lock
             return run_dir
-        write_yaml_atomic(config_path, config)
+        run.write_config(config)
         clone = stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
         trainer = Trainer(spec, name, seed, run_dir, clone, tensorboard)
         num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
@@ -397,8 +357,8 @@ def train_run(
             summary = trainer.run(num_updates, progress)
         finally:
             trainer.metrics.close()
-        atomic_write_json(run_dir / "done", summary)
+        run.mark_done(summary)
     return run_dir
 
 
-__all__ = ["SavedRun", "Trainer", "run_dir_for", "stored_config", "train_run"]
+__all__ = ["SavedRun", "Trainer", "run_dir_for", "train_run", "upgrade_stored_config"]

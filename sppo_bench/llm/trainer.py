@@ -5,8 +5,10 @@ ReMax) -> reward R in {0, 1} from ``reward_fn`` -> critic predictions (SPPO: V(s
 prompt token; PPO-GAE: V(s_t) per response token) -> recomputed old log-probs (and reference
 log-probs for an in-reward KL) -> ``compute_advantages`` -> critic update -> policy update in
 mini-/micro-batches -> weight sync to the engine. One JSON row per step goes to
-``<run_dir>/metrics.jsonl``; ``checkpoint.pt`` (policy, critic, optimisers, step, RNG) is written
-atomically every ``save_every`` steps and a rerun resumes from it.
+``<run_dir>/metrics.jsonl``; ``checkpoints/latest.pt`` (policy, critic, optimisers, step, RNG) is
+written atomically every ``save_every`` steps and a rerun resumes from it. The folder follows the
+run contract of ``sppo_bench.rundir`` (a rerun with other settings than ``train.steps`` is
+refused; the lock; ``done`` = ``{"step": N}``).
 """
 
 from __future__ import annotations
@@ -22,23 +24,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sppo_bench.config import to_dict, write_yaml_atomic
+from sppo_bench.config import to_dict
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
 from sppo_bench.core.ppo import minibatch_schedule, step_generator
 from sppo_bench.errors import UserError
-from sppo_bench.io import (
-    MetricsWriter,
-    RunLock,
-    atomic_torch_save,
-    atomic_write_text,
-    divergence_marker,
-    read_torch_file,
-)
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 from sppo_bench.llm.rollout import RolloutBatch
 from sppo_bench.llm.update import critic_predictions, critic_update, policy_log_probs
 from sppo_bench.llm.update import policy_update as run_policy_update
+from sppo_bench.rundir import RunDir
+
+# A rerun may extend the budget: every other setting must match the stored config.
+BUDGET_KEYS = ("train.steps",)
+RUN_DIR_REMEDY = "use another --run-dir or remove that folder"
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 SCHEDULE_STREAM = 0  # step_generator stream of the mini-batch schedule
@@ -128,6 +127,7 @@ class LLMTrainer:
         self.tensorboard = tensorboard
         self.spec = get_estimator(cfg.algo.name)
         self.run_dir = Path(run_dir or cfg.train.output_dir)
+        self.run = RunDir(self.run_dir)
         self.device = pick_device(cfg.train.device)
         _seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model.policy)
@@ -337,7 +337,7 @@ class LLMTrainer:
     # ----------------------------------------------------------------- checkpoints
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.run.checkpoint_path
 
     def save_checkpoint(self) -> None:
         state = {
@@ -348,14 +348,14 @@ class LLMTrainer:
             "critic_opt": self.critic_opt.state_dict() if self.critic_opt is not None else None,
             "rng": _rng_state(),
         }
-        atomic_torch_save(self.checkpoint_path, state)
+        self.run.save_checkpoint(state)
 
     def load_checkpoint(self) -> bool:
-        if not self.checkpoint_path.exists():
-            return False
         # On the CPU: ``load_state_dict`` copies weights and optimiser state onto the modules'
         # devices, and the RNG states must stay CPU ByteTensors (``set_rng_state`` refuses others).
-        state = read_torch_file(self.checkpoint_path, keys=("policy", "step", "rng"))
+        state = self.run.load_checkpoint(keys=("policy", "step", "rng"))
+        if state is None:
+            return False
         self.policy.load_state_dict(state["policy"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         if self.critic is not None:
@@ -373,13 +373,14 @@ class LLMTrainer:
     # ----------------------------------------------------------------- loop
     def train(self, progress: bool = True) -> list[dict[str, float]]:
         """Run (or resume) to ``train.steps``; returns the rows written in this call."""
-        with RunLock(self.run_dir), divergence_marker(self.run_dir):
+        self.run.check_config(to_dict(self.cfg), ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY)
+        with self.run.writing():
             return self._train(progress)
 
     def _train(self, progress: bool) -> list[dict[str, float]]:
         cfg = self.cfg
-        write_yaml_atomic(self.run_dir / "config.yaml", to_dict(cfg))
-        metrics = MetricsWriter(self.run_dir / "metrics.jsonl", tensorboard=self.tensorboard)
+        self.run.write_config(to_dict(cfg))
+        metrics = self.run.metrics(self.tensorboard)
         if self.load_checkpoint():
             metrics.truncate_after("step", self.step)
         else:
@@ -404,7 +405,7 @@ class LLMTrainer:
         finally:
             metrics.close()
         if self.step >= cfg.train.steps:
-            atomic_write_text(self.run_dir / "done", f"{self.step}\n")
+            self.run.mark_done({"step": self.step})
         return rows
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from sppo_bench.config import read_yaml
 from sppo_bench.core import algorithm_names, get_estimator
 from sppo_bench.errors import UserError
+from sppo_bench.rundir import RunDir
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "specs" / "profiles"  # envs/profiles
 EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval interval overrides
@@ -166,23 +167,27 @@ def plan_runs(
 def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
     """A one-line ``UserError`` if any existing run folder of ``specs`` was made with other
     settings (its stored config differs from what this suite would train)."""
-    from sppo_bench.control.trainer import check_stored_config, requested_config
+    from sppo_bench.control.trainer import (
+        RUNS_DIR_REMEDY,
+        requested_config,
+        upgrade_stored_config,
+    )
 
     for spec in specs:
-        path = spec.run_dir(runs_dir)
-        if (path / "config.yaml").is_file():
+        run = RunDir(spec.run_dir(runs_dir))
+        if run.config_path.is_file():
             _, _, config = requested_config(
                 spec.task, spec.algo, spec.seed, spec.episodes, spec.overrides
             )
-            check_stored_config(path, config)
+            run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
 
 
 def run_state(spec: RunSpec, runs_dir: Path) -> str:
     """``"done"`` (marker present), ``"resume"`` (directory exists, unfinished) or ``"new"``."""
-    path = spec.run_dir(runs_dir)
-    if (path / "done").is_file():
+    run = RunDir(spec.run_dir(runs_dir))
+    if run.done:
         return "done"
-    return "resume" if path.is_dir() else "new"
+    return "resume" if run.path.is_dir() else "new"
 
 
 def default_run_fn(*args: Any, **kwargs: Any) -> Path:
