@@ -83,7 +83,7 @@ def trained_steps(run_dir: Path) -> tuple[int, float]:
 
 
 def evaluate(policy, tokenizer, problems, reward_fn, cfg: LLMConfig, k: int) -> float:
-    from sppo_bench.llm.toy_probes import sampled_accuracy
+    from sppo_bench.llm.toy.probes import sampled_accuracy
 
     r = cfg.rollout
     return sampled_accuracy(
@@ -118,7 +118,7 @@ def warm_start_accuracy(base: LLMConfig, args, problems, reward_fn) -> float:
 
 def run_one(base: LLMConfig, algo: str, seed: int, args, problems, reward_fn, warm: float):
     """Train one (algorithm, seed) to the sample budget with evaluations; then probe its critic."""
-    from sppo_bench.llm.toy_probes import sequence_calibration, token_value_traces
+    from sppo_bench.llm.toy.probes import sequence_calibration, token_value_traces
     from sppo_bench.llm.trainer import LLMTrainer
 
     cfg = run_config(base, algo, seed)

@@ -14,7 +14,7 @@ from sppo_bench.llm import trainer as trainer_module
 from sppo_bench.llm.data import Problem
 from sppo_bench.llm.models import build_critic, load_policy
 from sppo_bench.llm.tiny import tiny_tokenizer
-from sppo_bench.llm.toy_probes import sequence_calibration, token_value_traces
+from sppo_bench.llm.toy.probes import sequence_calibration, token_value_traces
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

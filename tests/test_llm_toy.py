@@ -13,7 +13,7 @@ from sppo_bench.llm.data import build_prompt, load_problems
 from sppo_bench.llm.models import SequenceCritic
 from sppo_bench.llm.recipe import LLMConfig, ModelConfig, resolve_algorithm_defaults
 from sppo_bench.llm.tiny import tiny_model, tiny_tokenizer
-from sppo_bench.llm.toy import (
+from sppo_bench.llm.toy.task import (
     MAX_VALUE,
     SPLITS,
     Chain,

@@ -91,7 +91,7 @@ def load_problems(
     """
     source = str(source)
     if source.startswith("toy:"):  # the synthetic CPU task, generated in process
-        from sppo_bench.llm.toy import load_toy_problems
+        from sppo_bench.llm.toy.task import load_toy_problems
 
         return load_toy_problems(source, split, limit)
     if limit is not None and (not isinstance(limit, int) or limit < 1):

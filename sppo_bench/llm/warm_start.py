@@ -3,7 +3,7 @@
 ``model.init`` names a file holding ``{"policy": state_dict}`` (a warm start, or a trainer
 ``checkpoint.pt``). When it does not exist and ``model.init_builder`` names a builder, the builder
 makes it (``toy-arithmetic``: supervised fine-tuning on the toy task's worked solutions,
-``sppo_bench.llm.toy.build_warm_start``); the file is then reused by every later run, so every
+``sppo_bench.llm.toy.task.build_warm_start``); the file is then reused by every later run, so every
 algorithm starts from the same weights.
 
 A critic whose model is the policy's model starts from the same transformer weights (its value
@@ -21,7 +21,7 @@ from sppo_bench.io import read_torch_file
 
 
 def _build_toy(policy: str, path: Path) -> None:
-    from sppo_bench.llm.toy import build_warm_start
+    from sppo_bench.llm.toy.task import build_warm_start
 
     build_warm_start(policy, path)
 
