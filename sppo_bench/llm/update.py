@@ -23,6 +23,10 @@ def no_autocast() -> AbstractContextManager:
     return nullcontext()
 
 
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def chunks(rows: Tensor, size: int) -> list[Tensor]:
     """Split a ``[n]`` row-index tensor into consecutive pieces of at most ``size``."""
     return [rows[i : i + size] for i in range(0, len(rows), size)]
@@ -36,16 +40,18 @@ def policy_log_probs(
     temperature: float,
     autocast: AutocastFactory = no_autocast,
 ) -> Tensor:
-    """``[B, T]`` log-probs of the batch's responses under ``model`` (0 on padding)."""
+    """``[B, T]`` log-probs of the batch's responses under ``model`` (0 on padding), on the
+    batch's device; each micro-batch is run on the model's device."""
     was_training = model.training
     model.eval()
+    device = _device(model)
     out = torch.zeros_like(batch.log_probs)
     for rows in chunks(torch.arange(len(batch)), micro_batch_size):
-        sub = batch.select(rows)
+        sub = batch.select(rows).to(device)
         t = sub.response_ids.shape[1]
         with autocast():
             lp, _ = response_log_probs(model, sub.input_ids(), sub.attention_mask(), t, temperature)
-        out[rows.to(out.device), :t] = lp.float() * sub.response_mask
+        out[rows.to(out.device), :t] = (lp.float() * sub.response_mask).to(out.device)
     model.train(was_training)
     return out
 
@@ -58,14 +64,17 @@ def critic_predictions(
     micro_batch_size: int,
     autocast: AutocastFactory = no_autocast,
 ) -> Tensor:
-    """Sequence critic: ``[B]`` logits v. Step critic: ``[B, T]`` values (0 on padding)."""
+    """Sequence critic: ``[B]`` logits v. Step critic: ``[B, T]`` values (0 on padding); on the
+    batch's device, each micro-batch run on the critic's device."""
     critic.eval()
+    device = _device(critic)
     shape = strategy.output_shape(len(batch), batch.log_probs.shape[1])
     out = torch.zeros(shape, device=batch.log_probs.device)
     for rows in chunks(torch.arange(len(batch)), micro_batch_size):
         sub = batch.select(rows)
         with autocast():
-            strategy.put(out, rows.to(out.device), critic.predict(sub).float(), sub.response_mask)
+            output = critic.predict(sub.to(device)).float().to(out.device)
+        strategy.put(out, rows.to(out.device), output, sub.response_mask)
     return out
 
 

@@ -42,11 +42,6 @@ def _sample(
         return engine.generate(prompts, k, temperature, 1.0, max_new_tokens)
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    """Where ``module``'s parameters live: the engine returns CPU batches, the model reads there."""
-    return next(module.parameters()).device
-
-
 def _rewards(batch: RolloutBatch, problems: Sequence[Problem], reward_fn: RewardFn) -> list[float]:
     golds = [problems[i].answer for i in batch.prompt_index.tolist()]
     return [float(r) for r in reward_fn(batch.texts, golds)]
@@ -86,7 +81,7 @@ def token_value_traces(
     """
     batch = _sample(policy, tokenizer, problems, 1, temperature, max_new_tokens, seed)
     rewards = _rewards(batch, problems, reward_fn)
-    values = critic_predictions(critic, STEP, batch.to(_device(critic)), micro_batch_size).cpu()
+    values = critic_predictions(critic, STEP, batch, micro_batch_size)
     lengths = batch.response_mask.sum(dim=1).tolist()
     return [
         {"reward": r, "values": [round(float(v), 5) for v in values[i, :n]]}
@@ -111,8 +106,7 @@ def sequence_calibration(
     batch = _sample(policy, tokenizer, problems, k, temperature, max_new_tokens, seed)
     rewards = torch.tensor(_rewards(batch, problems, reward_fn))
     first = torch.arange(0, len(batch), k)  # rows are prompt-major: prompt j at rows j*k...
-    heads = batch.select(first).to(_device(critic))
-    logits = critic_predictions(critic, SEQUENCE, heads, micro_batch_size).cpu()
+    logits = critic_predictions(critic, SEQUENCE, batch.select(first), micro_batch_size)
     return [
         {
             "id": problem.id,
