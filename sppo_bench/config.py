@@ -270,13 +270,14 @@ def at_least(n: int) -> Bound:
 POSITIVE: Bound = (lambda v: _finite(v) and v > 0), "a finite number > 0"
 NON_NEGATIVE: Bound = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
 UNIT: Bound = (lambda v: _finite(v) and 0 < v <= 1), "a number in (0, 1]"
-OPTIONAL_ABOVE_ONE: Bound = (lambda v: v is None or (_finite(v) and v > 1)), "null or a number > 1"
+ABOVE_ONE: Bound = (lambda v: _finite(v) and v > 1), "a number > 1"
 LEARNING_RATE: Bound = (lambda v: _finite(v) and 0 < v <= 10), "a number in (0, 10]"
-OPTIONAL_LEARNING_RATE: Bound = (
-    (lambda v: v is None or LEARNING_RATE[0](v)),
-    "null or " + LEARNING_RATE[1],
-)
-OPTIONAL_POSITIVE: Bound = (lambda v: v is None or (_finite(v) and v > 0)), "null or a number > 0"
+
+
+def optional(bound: Bound) -> Bound:
+    """``bound``, or null."""
+    accepts, valid = bound
+    return (lambda v: v is None or accepts(v)), f"null or {valid}"
 
 
 def check_bounds(config: Any, bounds: Mapping[str, Bound]) -> None:

@@ -33,21 +33,33 @@ def _plain_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+def _replace_atomically(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temp file in ``path``'s folder, give it a plain file's mode, then
+    ``os.replace`` it onto ``path``; on any failure the temp file is removed and ``path`` is as
+    it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
         os.chmod(tmp, _plain_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    _replace_atomically(path, write)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -91,16 +103,7 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
             f"non-finite values in {bad}: the run diverged; {path.name} was not overwritten "
             "(it holds the last finite state)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, _plain_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_torch_file(

@@ -24,13 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from sppo_bench.config import (
+    ABOVE_ONE,
     LEARNING_RATE,
     NON_NEGATIVE,
-    OPTIONAL_ABOVE_ONE,
-    OPTIONAL_LEARNING_RATE,
     POSITIVE,
     Bound,
     at_least,
+    optional,
 )
 from sppo_bench.core.critics import CriticStrategy
 from sppo_bench.core.losses import aggregate, clipped_policy_loss
@@ -105,9 +105,9 @@ def ppo_bounds(prefix: str) -> dict[str, Bound]:
     spec, ``algo`` in an LLM recipe), for ``sppo_bench.config.check_bounds``."""
     bounds: dict[str, Bound] = {
         "lr": LEARNING_RATE,
-        "critic_lr": OPTIONAL_LEARNING_RATE,
+        "critic_lr": optional(LEARNING_RATE),
         "clip_eps": POSITIVE,
-        "dual_clip": OPTIONAL_ABOVE_ONE,
+        "dual_clip": optional(ABOVE_ONE),
         "entropy_coef": NON_NEGATIVE,
         "max_grad_norm": POSITIVE,
         "epochs": at_least(1),

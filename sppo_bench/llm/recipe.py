@@ -24,11 +24,11 @@ from typing import Any, ClassVar, Literal
 
 from sppo_bench.config import (
     NON_NEGATIVE,
-    OPTIONAL_POSITIVE,
     POSITIVE,
     UNIT,
     at_least,
     check_bounds,
+    optional,
 )
 from sppo_bench.core import get_estimator
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
@@ -44,7 +44,7 @@ RECIPE_BOUNDS = {
     "rollout.top_p": UNIT,
     "rollout.gpu_memory_utilization": UNIT,
     **ppo_bounds("algo"),
-    "algo.value_clip": OPTIONAL_POSITIVE,
+    "algo.value_clip": optional(POSITIVE),
     "actor.warmup_steps": at_least(0),
     "eval.k": at_least(1),
     "eval.temperature": NON_NEGATIVE,
