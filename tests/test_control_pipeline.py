@@ -117,8 +117,9 @@ def test_group_start_states_repeat(runs):
     spec = load_spec("cartpole", TINY_RL)
     trainer = Trainer(spec, "grpo", 0, runs / "scratch", runs / "control/cartpole/clone/policy.pt")
     seeds, groups = trainer.start_states(1)
-    assert seeds.tolist()[0] == seeds.tolist()[1] != seeds.tolist()[2]
-    assert groups.tolist() == [0, 0, 1, 1]
+    assert seeds.shape == groups.shape == (1, 4)  # [seeds, episodes]
+    assert seeds[0, 0] == seeds[0, 1] != seeds[0, 2]
+    assert groups.tolist() == [[0, 0, 1, 1]]
 
 
 def _rows(run):

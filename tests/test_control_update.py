@@ -18,6 +18,7 @@ import torch
 from sppo_bench.control.cloning import build_policy
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import RLConfig, load_spec
+from sppo_bench.control.stack import StackedPolicy, StackedValueNet
 from sppo_bench.control.trainer import Trainer
 from sppo_bench.control.update import BatchTensors, Learner, ppo_update
 from sppo_bench.core import get_estimator
@@ -83,12 +84,26 @@ def _sgd_closed_form(policy: Policy, data, adv, lr: float, clip: float, epochs: 
     return w, b
 
 
+def _one_seed(data: BatchTensors) -> BatchTensors:
+    """``data`` with a seed axis of 1, as the (seed-stacked) update takes it."""
+    fields = (data.obs, data.actions, data.rewards, data.mask, data.group_ids)
+    return BatchTensors(*(None if x is None else x.unsqueeze(0) for x in fields))
+
+
 def _run_update(policy, cfg: RLConfig, algo: str, data, lr: float, critic=None, critic_lr=0.1):
-    policy_opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=lr)
-    critic_opt = torch.optim.SGD(critic.parameters(), lr=critic_lr) if critic else None
+    """One ``ppo_update`` with plain SGD; the plain modules receive the updated weights."""
+    stacked = StackedPolicy([policy])
+    stacked_critic = StackedValueNet([critic]) if critic else None
+    policy_opt = torch.optim.SGD(stacked.trainable(), lr=lr)
+    critic_opt = torch.optim.SGD(stacked_critic.trainable(), lr=critic_lr) if critic else None
     data.group_ids = GROUPS
-    learner = Learner(policy, policy_opt, critic, critic_opt)
-    return ppo_update(learner, get_estimator(algo), cfg, data, torch.Generator().manual_seed(0))
+    learner = Learner(stacked, policy_opt, stacked_critic, critic_opt)
+    gen = [torch.Generator().manual_seed(0)]
+    stats = ppo_update(learner, get_estimator(algo), cfg, _one_seed(data), gen)
+    policy.load_state_dict(stacked.seed_state(0))
+    if critic is not None:
+        critic.load_state_dict(stacked_critic.seed_state(0))
+    return stats[0]
 
 
 def _reinforce_advantage(success) -> torch.Tensor:
@@ -213,18 +228,18 @@ def test_trainer_optimisers_take_the_configured_learning_rates(tmp_path, lr, cri
     sets = [f"rl.lr={lr}", f"rl.critic_lr={critic_lr}", "rl.epochs=1", "rl.mini_batch_size=4"]
     trainer = _cartpole_trainer(tmp_path, "sppo", *sets, "rl.max_grad_norm=1e9")
     data = _batch(obs_dim=4, n_actions=2)
-    policy, critic = trainer.policy, trainer.critic
+    policy, critic = trainer.policy, trainer.critic  # seed-stacked, one seed
     critic_before = copy.deepcopy(critic)
     with torch.no_grad():
-        v0 = torch.sigmoid(critic(data.obs[:, 0])).double()
+        v0 = torch.sigmoid(critic(data.obs[None, :, 0])[0]).double()
     adv = (torch.tensor(SUCCESS, dtype=torch.float64) - v0).unsqueeze(-1) * data.mask.double()
-    w0 = policy.net[0].weight.detach().double().clone()
-    b0 = policy.net[0].bias.detach().double().clone()
-    x = policy.normalize(data.obs).double()
+    w0 = policy.net.w0[0].detach().double().clone()
+    b0 = policy.net.b0[0].detach().double().clone()
+    x = policy.normalize(data.obs[None])[0].double()
     normalized = BatchTensors(x, data.actions, data.rewards, data.mask)
     gw, gb = _closed_form_grad(w0, b0, normalized, adv, _log_probs(w0, b0, normalized), 0.2)
-    trainer.update(data, torch.Generator().manual_seed(0))
-    for got, before, g in ((policy.net[0].weight, w0, gw), (policy.net[0].bias, b0, gb)):
+    trainer.update(_one_seed(data), [torch.Generator().manual_seed(0)])
+    for got, before, g in ((policy.net.w0[0], w0, gw), (policy.net.b0[0], b0, gb)):
         expected = before - lr * g / (g.abs() + 1e-8)
         assert torch.allclose(got.double(), expected, atol=lr * 1e-3)
     moves = [
@@ -244,22 +259,24 @@ def test_sppo_raises_the_success_rate_of_a_one_state_bandit():
         policy.net[0].weight.zero_()
         policy.net[0].bias.copy_(torch.tensor([np.log(4.0), 0.0]))
     critic = ValueNet(1, hidden=[])
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=0.05)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=0.05)
+    policy, critic = StackedPolicy([policy]), StackedValueNet([critic])
+    policy_opt = torch.optim.Adam(policy.trainable(), lr=0.05)
+    critic_opt = torch.optim.Adam(critic.trainable(), lr=0.05)
     g = torch.Generator().manual_seed(0)
-    obs = torch.zeros(16, 1, 1)
+    obs = torch.zeros(1, 16, 1, 1)  # [seeds, episodes, steps, d]
 
     def p_success() -> float:
         with torch.no_grad():
-            return float(torch.softmax(policy(obs[0, 0]), -1)[1])
+            return float(torch.softmax(policy(obs[:, 0, 0]), -1)[0, 1])
 
     rates = [p_success()]
     for _ in range(5):
-        actions = policy.act(obs[:, 0], generator=g).unsqueeze(-1)
-        data = BatchTensors(obs, actions, actions.float(), torch.ones(16, 1))
+        greedy = torch.zeros(1, 16, dtype=torch.bool)
+        actions = policy.act(obs[:, :, 0], greedy, [g]).unsqueeze(-1)
+        data = BatchTensors(obs, actions, actions.float(), torch.ones(1, 16, 1))
         cfg = RLConfig(epochs=2, mini_batch_size=8)
         learner = Learner(policy, policy_opt, critic, critic_opt)
-        ppo_update(learner, get_estimator("sppo"), cfg, data, g)
+        ppo_update(learner, get_estimator("sppo"), cfg, data, [g])
         rates.append(p_success())
     assert rates[0] == pytest.approx(0.2)
     assert all(b > a for a, b in zip(rates[:-1], rates[1:], strict=True))

@@ -35,6 +35,17 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str) -> nn
     return nn.Sequential(*layers)
 
 
+def gaussian_log_prob_entropy(
+    mean: Tensor, actions: Tensor, log_std: Tensor
+) -> tuple[Tensor, Tensor]:
+    """log N(a; mu, diag(exp(2 log_std))) and the Gaussian's entropy, summed over the last axis:
+    ``mean``, ``actions``, ``log_std`` ``[..., a]`` -> two ``[...]`` tensors."""
+    z = (actions - mean) / log_std.exp()
+    log_prob = (-0.5 * z.pow(2) - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+    entropy = (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1)
+    return log_prob, entropy
+
+
 class _Normalized(nn.Module):
     def __init__(self, obs_dim: int) -> None:
         super().__init__()
@@ -84,11 +95,7 @@ class Policy(_Normalized):
             log_p = torch.log_softmax(out, dim=-1)
             chosen = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
             return chosen, -(log_p.exp() * log_p).sum(-1)
-        log_std = self.log_std.expand_as(out)
-        z = (actions - out) / log_std.exp()
-        log_prob = (-0.5 * z.pow(2) - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        entropy = (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1)
-        return log_prob, entropy
+        return gaussian_log_prob_entropy(out, actions, self.log_std.expand_as(out))
 
     @torch.no_grad()
     def act(

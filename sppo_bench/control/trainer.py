@@ -1,6 +1,8 @@
 """Stage 3: RL fine-tuning of the cloned policy with the binary terminal reward, any estimator.
 
-``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``:
+``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``;
+``train_seeds(task, algo, seeds)`` trains several seeds of it in one process, seed-stacked
+(:mod:`sppo_bench.control.loop`), each in its own folder:
 
 - ``config.yaml``: the resolved task spec with the algorithm and seed;
 - ``metrics.jsonl``: one row per update (update 0 = the cloned policy before any update);
@@ -8,62 +10,35 @@
 - ``values/update_<u:06d>.npz``: the critic on the stochastic evaluation episodes (critics only);
 - ``done``: written last, a small JSON summary.
 
-Each update draws start states from ``numpy.random.default_rng([seed, update])`` and samples
-actions with a ``torch.Generator`` seeded from ``(seed, update)``, so a run resumed from a
-checkpoint continues exactly as if it had not stopped, and the same seed gives the same metrics.
-Group estimators give all ``group_size`` members of a group one start-state seed; ReMax also
-rolls out the greedy policy from every start state (counted in ``env_steps``, not ``episodes``).
+A run resumed from a checkpoint continues exactly as if it had not stopped, and the same seed
+gives the same metrics (up to float rounding when another number of seeds shares the process).
 """
 
 from __future__ import annotations
 
-import io
-import math
-import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sppo_bench.config import to_dict
-from sppo_bench.control.cloning import build_policy, load_policy
-from sppo_bench.control.collector import collect_episodes
-from sppo_bench.control.envs import make_vector_env
-from sppo_bench.control.evaluation import evaluate, policy_actor
+from sppo_bench.control.cloning import build_policy
 from sppo_bench.control.expert import stage_dir
+from sppo_bench.control.loop import Trainer, build_critic, num_updates
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
-from sppo_bench.control.tasks import get_task
-from sppo_bench.control.update import (
-    RESULT_KEYS,
-    BatchTensors,
-    Learner,
-    critic_values,
-    ppo_update,
-)
 from sppo_bench.core import EstimatorSpec, get_estimator
-from sppo_bench.core.ppo import step_generator
-from sppo_bench.errors import UserError
-from sppo_bench.io import (
-    atomic_write_bytes,
-)
+from sppo_bench.errors import DivergedError, UserError
+from sppo_bench.io import DIVERGED, RunLock
 from sppo_bench.rundir import RunDir
 
 
 def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
     """``runs/control/<task>/<run name of algo>/seed<seed>``."""
     return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
-
-
-def build_critic(spec: TaskSpec, policy: Policy) -> ValueNet:
-    """A run's critic: ``spec.policy.critic_hidden`` layers, the policy's input normalisation."""
-    critic = ValueNet(policy.obs_mean.numel(), spec.policy.critic_hidden, spec.policy.activation)
-    critic.set_normalization(policy.obs_mean, policy.obs_std)
-    return critic
 
 
 @dataclass
@@ -94,203 +69,6 @@ class SavedRun:
             critic = build_critic(spec, policy)
             critic.load_state_dict(blob["critic"])
         return cls(run_dir, estimator, policy, critic, int(blob["state"]["update"]))
-
-
-class Trainer:
-    """Holds the networks, optimisers, envs and counters of one run."""
-
-    def __init__(
-        self,
-        spec: TaskSpec,
-        algo: str,
-        seed: int,
-        run_dir: Path,
-        clone: Path,
-        tensorboard: Path | None = None,
-    ) -> None:
-        self.spec, self.seed, self.run_dir = spec, seed, run_dir
-        self.estimator = get_estimator(algo)
-        self.algo = self.estimator.run_name
-        cfg = spec.rl
-        self.horizon = get_task(spec.task).horizon
-        self.batch = cfg.trajectories_per_update
-        self.group = cfg.group_size if self.estimator.needs_groups else 1
-        if self.batch % self.group:
-            raise UserError(
-                f"rl.trajectories_per_update ({self.batch}) must be a multiple of "
-                f"rl.group_size ({self.group}) for {self.algo}"
-            )
-        if cfg.n_eval < 1:
-            raise UserError(f"rl.n_eval must be >= 1, got {cfg.n_eval}")
-        torch.manual_seed(seed)
-        self.policy: Policy = load_policy(clone, spec)
-        self.critic: ValueNet | None = None
-        self.critic_opt: torch.optim.Optimizer | None = None
-        if self.estimator.critic_strategy is not None:
-            self.critic = build_critic(spec, self.policy)
-            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.policy_opt = torch.optim.Adam(params, lr=cfg.lr)
-        rollouts = self.batch * (2 if self.estimator.needs_greedy_baseline else 1)
-        self.train_env = make_vector_env(spec.task, rollouts, cfg.backend)
-        eval_envs = math.gcd(cfg.n_eval, 64)
-        self.eval_env = make_vector_env(spec.task, eval_envs, cfg.backend)
-        self.state = {"update": 0, "episodes": 0, "env_steps": 0, "wall_time": 0.0}
-        self.folder = RunDir(run_dir)
-        self.metrics = self.folder.metrics(tensorboard)
-
-    # --- checkpoints -------------------------------------------------------------------
-    def save(self) -> None:
-        blob: dict[str, Any] = {
-            "state": dict(self.state),
-            "policy": self.policy.state_dict(),
-            "policy_opt": self.policy_opt.state_dict(),
-        }
-        if self.critic is not None and self.critic_opt is not None:
-            blob["critic"] = self.critic.state_dict()
-            blob["critic_opt"] = self.critic_opt.state_dict()
-        self.folder.save_checkpoint(blob)
-
-    def load(self) -> bool:
-        blob = self.folder.load_checkpoint(keys=("state", "policy", "policy_opt"))
-        if blob is None:
-            return False
-        self.state = dict(blob["state"])
-        self.policy.load_state_dict(blob["policy"])
-        self.policy_opt.load_state_dict(blob["policy_opt"])
-        if self.critic is not None and self.critic_opt is not None:
-            self.critic.load_state_dict(blob["critic"])
-            self.critic_opt.load_state_dict(blob["critic_opt"])
-        return True
-
-    # --- rollouts ------------------------------------------------------------------------
-    def start_states(self, update: int) -> tuple[np.ndarray, torch.Tensor | None]:
-        """Seeds ``[B]`` for this update's episodes and group ids ``[B]`` (group methods)."""
-        rng = np.random.default_rng([self.seed, update])
-        n_starts = self.batch // self.group
-        seeds = rng.integers(0, 2**31 - 1, size=n_starts).repeat(self.group)
-        if not self.estimator.needs_groups:
-            return seeds, None
-        return seeds, torch.arange(n_starts).repeat_interleave(self.group)
-
-    def evaluation(self, update: int) -> dict[str, float]:
-        """Deterministic and stochastic success on the fixed evaluation start states; writes
-        the critic's values on the stochastic episodes."""
-        generator = step_generator(self.seed, update, 1)
-        det, sto, episodes = evaluate(
-            self.eval_env, self.policy, self.spec.rl.n_eval, self.horizon, generator
-        )
-        if self.critic is not None:
-            self.write_values(update, episodes)
-        return {"eval/success_deterministic": det, "eval/success_stochastic": sto}
-
-    def write_values(self, update: int, episodes: Any) -> None:
-        obs = torch.as_tensor(episodes.obs, dtype=torch.float32)
-        strategy = self.estimator.critic_strategy
-        with torch.no_grad():
-            out = critic_values(self.critic, strategy, obs)
-        arrays: dict[str, np.ndarray] = {
-            "success": episodes.success.astype(bool),
-            "lengths": episodes.lengths.astype(np.int64),
-            "v0": strategy.start_values(out).numpy().astype(np.float32),
-        }
-        if strategy.per_step:  # V(s_t) of every step, NaN after the episode's end
-            values = np.full((len(episodes.lengths), self.horizon), np.nan, dtype=np.float32)
-            steps = out.shape[1]
-            values[:, :steps] = np.where(episodes.mask > 0, out.numpy(), np.nan)
-            arrays["values"] = values
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(self.run_dir / "values" / f"update_{update:06d}.npz", buffer.getvalue())
-
-    # --- the loop ------------------------------------------------------------------------
-    def update(self, data: BatchTensors, generator: torch.Generator) -> dict[str, float | None]:
-        """One RL update of this run's policy and critic with its optimisers on ``data``."""
-        learner = Learner(self.policy, self.policy_opt, self.critic, self.critic_opt)
-        return ppo_update(learner, self.estimator, self.spec.rl, data, generator)
-
-    def step(self, update: int) -> dict[str, Any]:
-        """Collect one batch of whole episodes and update; returns the metrics row."""
-        start = time.time()
-        seeds, group_ids = self.start_states(update)
-        greedy = np.zeros(len(seeds), dtype=bool)
-        if self.estimator.needs_greedy_baseline:
-            seeds, greedy = np.concatenate([seeds, seeds]), np.concatenate([greedy, ~greedy])
-        generator = step_generator(self.seed, update, 0)
-        episodes = collect_episodes(
-            self.train_env, policy_actor(self.policy, greedy, generator), seeds, self.horizon
-        )
-        sampled = episodes.select(np.flatnonzero(~greedy))
-        baseline = None
-        if self.estimator.needs_greedy_baseline:
-            baseline = torch.as_tensor(episodes.success[greedy], dtype=torch.float32)
-        data = BatchTensors.from_batch(sampled, self.policy.discrete, group_ids, baseline)
-        stats = self.update(data, generator)
-        elapsed = time.time() - start
-        self.state["update"] = update
-        self.state["episodes"] += len(sampled.lengths)
-        self.state["env_steps"] += episodes.num_steps
-        self.state["wall_time"] += elapsed
-        return {
-            **self.counters(),
-            "train/success_rate": float(sampled.success.mean()),
-            "train/episode_length": float(sampled.lengths.mean()),
-            **stats,
-            "charts/SPS": episodes.num_steps / max(elapsed, 1e-9),
-        }
-
-    def counters(self) -> dict[str, Any]:
-        return {k: self.state[k] for k in ("update", "episodes", "env_steps", "wall_time")}
-
-    def run(self, num_updates: int, progress: bool) -> dict[str, Any]:
-        cfg = self.spec.rl
-        if self.load():
-            self.metrics.truncate_after("update", self.state["update"])
-        else:
-            self.metrics.truncate_after("update", -1)
-            start = time.time()
-            row = self.evaluation(0)
-            self.state["wall_time"] += time.time() - start
-            self.metrics.append({**self.counters(), **_empty_losses(), **row})
-            self.save()
-        bar = tqdm(
-            total=num_updates,
-            initial=self.state["update"],
-            desc=f"{self.spec.task}/{self.algo}/seed{self.seed}",
-            unit="upd",
-            disable=not progress,
-        )
-        last_eval: dict[str, float] = {}
-        while self.state["update"] < num_updates:
-            update = self.state["update"] + 1
-            row = self.step(update)
-            if update % cfg.eval_every == 0 or update == num_updates:
-                start = time.time()
-                last_eval = self.evaluation(update)
-                self.state["wall_time"] += time.time() - start
-                row.update(last_eval, wall_time=self.state["wall_time"])
-            self.metrics.append(row)
-            if update % cfg.checkpoint_every == 0 or update == num_updates or last_eval:
-                self.save()
-            bar.update(1)
-            bar.set_postfix(train=f"{row['train/success_rate']:.2f}", refresh=False)
-            last_eval = {}
-        bar.close()
-        rows = self.metrics.rows()
-        evals = [r for r in rows if "eval/success_stochastic" in r]
-        return {
-            "task": self.spec.task,
-            "algo": self.algo,
-            "seed": self.seed,
-            **self.counters(),
-            "final/success_deterministic": evals[-1]["eval/success_deterministic"],
-            "final/success_stochastic": evals[-1]["eval/success_stochastic"],
-            "initial/success_stochastic": evals[0]["eval/success_stochastic"],
-        }
-
-
-def _empty_losses() -> dict[str, Any]:
-    return {"train/success_rate": None, **dict.fromkeys(RESULT_KEYS), "charts/SPS": None}
 
 
 RUNS_DIR_REMEDY = "use another --runs-dir or remove that folder"
@@ -338,27 +116,90 @@ def train_run(
     makes ceil(episodes / trajectories_per_update) updates. ``tensorboard``: a folder that also
     receives every metrics row as TensorBoard scalars.
     """
+    boards = None if tensorboard is None else [tensorboard]
+    return train_seeds(task, algo, [seed], runs_dir, episodes, overrides, progress, boards)[0]
+
+
+def train_seeds(
+    task: str,
+    algo: str,
+    seeds: Sequence[int],
+    runs_dir: Path = Path("runs"),
+    episodes: int | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    tensorboard: Sequence[Path | None] | None = None,
+) -> list[Path]:
+    """``train_run`` for several seeds of one (task, algorithm) at once, seed-stacked in this
+    process; returns their run folders. Finished seeds are skipped; seeds at different updates
+    (an interrupted earlier call) are grouped by update and each group is trained as one stack.
+    A seed that diverges is marked so and the others go on; a ``DivergedError`` naming the
+    diverged seeds is raised after the rest have finished."""
     torch.set_num_threads(1)
-    relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
-    name = config["algo"]
-    run_dir = Path(runs_dir) / relative
-    run = RunDir(run_dir)
-    run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
-    if run.done:
-        return run_dir
-    with run.writing():
-        if run.done:  # finished by the process that held the lock
-            return run_dir
-        run.write_config(config)
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must be distinct, got {list(seeds)}")
+    boards = list(tensorboard) if tensorboard is not None else [None] * len(seeds)
+    runs: list[tuple[int, RunDir, dict[str, Any], Path | None]] = []
+    spec = None
+    for seed, board in zip(seeds, boards, strict=True):
+        relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
+        run = RunDir(Path(runs_dir) / relative)
+        run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+        runs.append((seed, run, config, board))
+    todo = [r for r in runs if not r[1].done]
+    diverged: list[int] = []
+    with ExitStack() as stack:
+        for _, run, _, _ in todo:  # a diverged seed's marker must outlive the others' success
+            stack.enter_context(RunLock(run.path))
+        todo = [r for r in todo if not r[1].done]  # finished by a process that held a lock
+        for _, run, config, _ in todo:
+            run.write_config(config)
         clone = stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
-        trainer = Trainer(spec, name, seed, run_dir, clone, tensorboard)
-        num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
-        try:
-            summary = trainer.run(num_updates, progress)
-        finally:
-            trainer.metrics.close()
-        run.mark_done(summary)
-    return run_dir
+        while todo:
+            group = _same_update(todo)
+            trainer = Trainer(
+                spec,
+                algo,
+                [r[0] for r in group],
+                [r[1].path for r in group],
+                clone,
+                [r[3] for r in group],
+            )
+            try:
+                summaries = trainer.run(num_updates(spec), progress)
+            finally:
+                trainer.close()
+            for (_, run, _, _), summary in zip(group, summaries, strict=False):
+                run.mark_done(summary)
+                (run.path / DIVERGED).unlink(missing_ok=True)
+            diverged += trainer.diverged
+            todo = [r for r in todo if not r[1].done and r[0] not in diverged]
+    if diverged:
+        raise DivergedError(
+            f"{task}/{get_estimator(algo).run_name}: seed(s) {sorted(diverged)} diverged "
+            f"(see their 'diverged' files); the other seeds finished"
+        )
+    return [run.path for _, run, _, _ in runs]
 
 
-__all__ = ["SavedRun", "Trainer", "run_dir_for", "train_run", "upgrade_stored_config"]
+def _same_update(runs: list[tuple[int, RunDir, Any, Any]]) -> list[tuple[int, RunDir, Any, Any]]:
+    """The runs at the lowest checkpointed update (none yet counts as -1)."""
+
+    def update(run: RunDir) -> int:
+        blob = run.load_checkpoint(keys=("state",))
+        return -1 if blob is None else int(blob["state"]["update"])
+
+    updates = [update(r[1]) for r in runs]
+    lowest = min(updates)
+    return [r for r, u in zip(runs, updates, strict=True) if u == lowest]
+
+
+__all__ = [
+    "SavedRun",
+    "Trainer",
+    "build_critic",
+    "run_dir_for",
+    "train_run",
+    "train_seeds",
+    "upgrade_stored_config",
+]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ CRITIC_METRICS = (LOSS_METRICS[1], GRAD_METRICS[1])
 
 PolicyForward = Callable[[Tensor], tuple[Tensor, Tensor]]
 CriticForward = Callable[[Tensor], Tensor]
+StackedPolicyForward = Callable[[Tensor], tuple[Tensor, ...]]  # rows [S, b] -> [S, b, t] each
+StackedCriticForward = Callable[[Tensor], Tensor]  # rows [S, b] -> [S, b] or [S, b, t]
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ def minibatch_schedule(
 
 
 def _micro_batches(mini: Tensor, size: int | None) -> Sequence[Tensor]:
-    return [mini] if size is None else mini.split(size)
+    """``[S, m]`` mini-batch rows -> ``[S, b]`` micro-batches (split along the row axis)."""
+    return [mini] if size is None else mini.split(size, dim=1)
 
 
 def _counts(mask: Tensor) -> tuple[float, float]:
@@ -143,11 +147,49 @@ def _counts(mask: Tensor) -> tuple[float, float]:
     return float(mask.sum()), float((mask.sum(dim=1) > 0).sum())
 
 
-def _step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+def clip_grad_norm_per_seed(params: list[nn.Parameter], max_norm: float, seeds: int) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for each seed of seed-stacked parameters (leading axis
+    ``S``): seed s's gradients are scaled by min(1, max_norm / (||g_s|| + 1e-6)), where ||g_s|| is
+    the 2-norm of the per-tensor norms of its slices. Returns the norms ``[S]`` before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(seeds)
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(seeds, -1), dim=1) for g in grads])
+    norms = torch.linalg.vector_norm(per_tensor, dim=0)
+    coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view(seeds, *([1] * (g.dim() - 1))))
+    return norms
+
+
+def _step(
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    max_norm: float,
+    stacked: int | None,
+) -> list[float]:
+    """Clip (per seed where the parameters are ``stacked`` over that many seeds), step, zero;
+    returns the gradient norm of every seed before clipping."""
+    if stacked is None:
+        norms = [float(torch.nn.utils.clip_grad_norm_(params, max_norm))]
+    else:
+        norms = clip_grad_norm_per_seed(params, max_norm, stacked).tolist()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return norm
+    return norms
+
+
+def _sum(losses: list[Tensor]) -> Tensor:
+    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+
+
+def _per_seed_means(stats: dict[str, list[list[float]]]) -> dict[str, list[float]]:
+    return {k: [float(np.mean(v)) for v in per_seed] for k, per_seed in stats.items()}
+
+
+def _one_seed(schedule: Sequence[Tensor], *tensors: Tensor | None) -> tuple[Any, ...]:
+    """One run's schedule and tensors with a seed axis of 1 (None stays None)."""
+    return ([m.unsqueeze(0) for m in schedule], *(t if t is None else t[None] for t in tensors))
 
 
 def policy_phase(
@@ -161,41 +203,19 @@ def policy_phase(
     cfg: PPOSettings,
 ) -> dict[str, float]:
     """Clipped-surrogate steps (minus ``entropy_coef`` times the aggregated entropy) over the
-    ``schedule``; ``old_log_probs``, ``advantages``, ``mask``: ``[B, T]``."""
-    stats: dict[str, list[float]] = {k: [] for k in POLICY_METRICS}
-    optimizer.zero_grad(set_to_none=True)
-    for mini in schedule:
-        tokens, seqs = _counts(mask[mini])
-        loss_sum = entropy_sum = kl_sum = clip_sum = 0.0
-        for rows in _micro_batches(mini, cfg.micro_batch_rows):
-            log_probs, entropy = forward(rows)
-            t = log_probs.shape[1]
-            m = mask[rows, :t].to(old_log_probs.dtype)
-            out = clipped_policy_loss(
-                log_probs.float(),
-                old_log_probs[rows, :t],
-                advantages[rows, :t],
-                m,
-                clip_eps=cfg.clip_eps,
-                dual_clip=cfg.dual_clip,
-                aggregation=cfg.aggregation,
-                global_tokens=tokens,
-                global_seqs=seqs,
-            )
-            entropy_term = aggregate(entropy, m, cfg.aggregation, tokens, seqs)
-            loss = out.loss - cfg.entropy_coef * entropy_term if cfg.entropy_coef else out.loss
-            loss.backward()
-            n = float(m.sum())
-            loss_sum += out.loss.detach().item()
-            entropy_sum += entropy_term.detach().item()
-            kl_sum += float(out.approx_kl) * n
-            clip_sum += float(out.clip_fraction) * n
-        stats["losses/grad_norm"].append(_step(params, optimizer, cfg.max_grad_norm))
-        stats["losses/policy"].append(loss_sum)
-        stats["losses/entropy"].append(entropy_sum)
-        stats["losses/approx_kl"].append(kl_sum / max(tokens, 1.0))
-        stats["losses/clipfrac"].append(clip_sum / max(tokens, 1.0))
-    return {k: float(np.mean(v)) for k, v in stats.items()}
+    ``schedule``; ``old_log_probs``, ``advantages``, ``mask``: ``[B, T]``. One run: the
+    seed-stacked phase with one seed."""
+    schedule1, *tensors = _one_seed(schedule, old_log_probs, advantages, mask)
+    stats = stacked_policy_phase(
+        lambda rows: tuple(x.unsqueeze(0) for x in forward(rows[0])),
+        params,
+        optimizer,
+        schedule1,
+        *tensors,
+        cfg,
+        stacked=None,
+    )
+    return {k: v[0] for k, v in stats.items()}
 
 
 def critic_phase(
@@ -205,33 +225,136 @@ def critic_phase(
     optimizer: torch.optim.Optimizer,
     schedule: Sequence[Tensor],
     targets: Tensor,
-    old_outputs: Tensor,
+    old_outputs: Tensor | None,
     mask: Tensor,
     cfg: PPOSettings,
 ) -> dict[str, float]:
     """``strategy.loss`` steps over the ``schedule``: targets ``[B]`` (sequence critic) or
-    ``[B, T]`` returns with ``old_outputs`` ``[B, T]`` for the value clip (step critic)."""
-    stats: dict[str, list[float]] = {k: [] for k in CRITIC_METRICS}
+    ``[B, T]`` returns with ``old_outputs`` ``[B, T]`` for the value clip (step critic). One run:
+    the seed-stacked phase with one seed."""
+    schedule1, *tensors = _one_seed(schedule, targets, old_outputs, mask)
+    stats = stacked_critic_phase(
+        lambda rows: forward(rows[0]).unsqueeze(0),
+        strategy,
+        params,
+        optimizer,
+        schedule1,
+        *tensors,
+        cfg,
+        stacked=None,
+    )
+    return {k: v[0] for k, v in stats.items()}
+
+
+def stacked_policy_phase(
+    forward: StackedPolicyForward,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    schedule: Sequence[Tensor],
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PPOSettings,
+    stacked: int | None,
+) -> dict[str, list[float]]:
+    """``policy_phase`` for ``S`` independent runs at once (one per seed).
+
+    ``old_log_probs``, ``advantages``, ``mask``: ``[S, B, T]``; ``schedule``: ``[S, m]`` rows of
+    each seed's mini-batch; ``forward(rows [S, b]) -> [S, b, t]``. Each seed's loss is its own
+    run's loss (its own token / sequence counts); the sum over seeds is minimised, so seed s's
+    gradient is exactly its own loss's. ``stacked = S``: every parameter carries a leading seed
+    axis and gradients are clipped per seed; ``None``: ordinary parameters (S must be 1).
+    Returns every metric per seed ``[S]``.
+    """
+    seeds = range(mask.shape[0])
+    stats = {k: [[] for _ in seeds] for k in POLICY_METRICS}
     optimizer.zero_grad(set_to_none=True)
     for mini in schedule:
-        tokens, seqs = _counts(mask[mini])
-        loss_sum = 0.0
+        counts = [_counts(mask[s, mini[s]]) for s in seeds]
+        sums = np.zeros((4, len(seeds)))  # loss, entropy, kl * tokens, clipfrac * tokens
+        for rows in _micro_batches(mini, cfg.micro_batch_rows):
+            log_probs, entropy = forward(rows)
+            t = log_probs.shape[-1]
+            losses = []
+            for s in seeds:
+                m = mask[s, rows[s], :t].to(old_log_probs.dtype)
+                tokens, seqs = counts[s]
+                out = clipped_policy_loss(
+                    log_probs[s].float(),
+                    old_log_probs[s, rows[s], :t],
+                    advantages[s, rows[s], :t],
+                    m,
+                    clip_eps=cfg.clip_eps,
+                    dual_clip=cfg.dual_clip,
+                    aggregation=cfg.aggregation,
+                    global_tokens=tokens,
+                    global_seqs=seqs,
+                )
+                entropy_term = aggregate(entropy[s], m, cfg.aggregation, tokens, seqs)
+                loss = out.loss - cfg.entropy_coef * entropy_term if cfg.entropy_coef else out.loss
+                losses.append(loss)
+                n = float(m.sum())
+                sums[:, s] += (
+                    out.loss.detach().item(),
+                    entropy_term.detach().item(),
+                    float(out.approx_kl) * n,
+                    float(out.clip_fraction) * n,
+                )
+            _sum(losses).backward()
+        norms = _step(params, optimizer, cfg.max_grad_norm, stacked)
+        for s in seeds:
+            tokens = max(counts[s][0], 1.0)
+            stats["losses/grad_norm"][s].append(norms[s])
+            stats["losses/policy"][s].append(sums[0, s])
+            stats["losses/entropy"][s].append(sums[1, s])
+            stats["losses/approx_kl"][s].append(sums[2, s] / tokens)
+            stats["losses/clipfrac"][s].append(sums[3, s] / tokens)
+    return _per_seed_means(stats)
+
+
+def stacked_critic_phase(
+    forward: StackedCriticForward,
+    strategy: CriticStrategy,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    schedule: Sequence[Tensor],
+    targets: Tensor,
+    old_outputs: Tensor | None,
+    mask: Tensor,
+    cfg: PPOSettings,
+    stacked: int | None,
+) -> dict[str, list[float]]:
+    """``critic_phase`` for ``S`` runs at once: ``targets`` / ``old_outputs`` ``[S, B]`` or
+    ``[S, B, T]``, ``mask`` ``[S, B, T]``, ``forward(rows [S, b]) -> [S, b(, t)]``; each seed's
+    loss is its own run's (see ``stacked_policy_phase``). Returns every metric per seed."""
+    seeds = range(mask.shape[0])
+    stats = {k: [[] for _ in seeds] for k in CRITIC_METRICS}
+    optimizer.zero_grad(set_to_none=True)
+    for mini in schedule:
+        counts = [_counts(mask[s, mini[s]]) for s in seeds]
+        sums = np.zeros(len(seeds))
         for rows in _micro_batches(mini, cfg.micro_batch_rows):
             output = forward(rows)
-            t = output.shape[1] if strategy.per_step else mask.shape[1]
-            loss = strategy.loss(
-                output,
-                strategy.take(old_outputs, rows, t),
-                strategy.take(targets, rows, t),
-                mask[rows, :t],
-                clip=cfg.value_clip,
-                aggregation=cfg.aggregation,
-                global_tokens=tokens,
-                global_seqs=seqs,
-                row_share=len(rows) / len(mini),
-            )
-            loss.backward()
-            loss_sum += loss.detach().item()
-        stats["losses/value_grad_norm"].append(_step(params, optimizer, cfg.max_grad_norm))
-        stats["losses/value"].append(loss_sum)
-    return {k: float(np.mean(v)) for k, v in stats.items()}
+            t = output.shape[-1] if strategy.per_step else mask.shape[-1]
+            losses = []
+            for s in seeds:
+                tokens, seqs = counts[s]
+                loss = strategy.loss(
+                    output[s],
+                    strategy.take(None if old_outputs is None else old_outputs[s], rows[s], t),
+                    strategy.take(targets[s], rows[s], t),
+                    mask[s, rows[s], :t],
+                    clip=cfg.value_clip,
+                    aggregation=cfg.aggregation,
+                    global_tokens=tokens,
+                    global_seqs=seqs,
+                    row_share=rows.shape[1] / mini.shape[1],
+                )
+                losses.append(loss)
+                sums[s] += loss.detach().item()
+            _sum(losses).backward()
+        norms = _step(params, optimizer, cfg.max_grad_norm, stacked)
+        for s in seeds:
+            stats["losses/value_grad_norm"][s].append(norms[s])
+            stats["losses/value"][s].append(sums[s])
+    return _per_seed_means(stats)
