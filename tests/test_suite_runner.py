@@ -180,6 +180,7 @@ def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch):
 
 def test_demo_runs_report_and_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "default_run_fn", fake_train)
+    monkeypatch.setattr(suite, "default_seeds_fn", fake_train_seeds)
     monkeypatch.setattr(suite, "default_clone_fn", fake_clone)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--workers", "1", "--seeds", "3"]) == 1  # 2 fail
@@ -208,3 +209,72 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     events = _events(tmp_path)
     assert [e["kind"] for e in events].count("clone") == 1
     assert (tmp_path / "control" / "mountaincar" / "ppo-gae" / "seed0" / "done").is_file()
+
+
+def fake_train_seeds(task, algo, seeds, runs_dir, episodes, overrides, progress):
+    """Stands in for train_seeds: one job, several seeds; seed 1 of ppo-gae diverges after the
+    others finished (as train_seeds reports it)."""
+    _log(runs_dir, kind="stack", task=task, algo=algo, seeds=list(seeds))
+    paths = [
+        write_run(runs_dir, task, algo, s, episodes) for s in seeds if (algo, s) != ("ppo-gae", 1)
+    ]
+    if algo == "ppo-gae" and 1 in seeds:
+        raise ValueError("seed(s) [1] diverged")
+    return paths
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stacked_jobs_group_seeds_of_one_task_and_algorithm(tmp_path, workers):
+    specs = plan_runs(load_profile("quick"), ["cartpole", "mountaincar"], None, 5)
+    write_run(tmp_path, "cartpole", "sppo", 0, 1280)  # finished earlier: not in any job
+    result = run_suite(
+        specs,
+        tmp_path,
+        workers=workers,
+        run_fn=fake_train,
+        clone_fn=fake_clone,
+        stack=3,
+        seeds_fn=fake_train_seeds,
+    )
+    stacks = sorted(
+        (e["task"], e["algo"], e["seeds"]) for e in _events(tmp_path) if e["kind"] == "stack"
+    )
+    assert stacks == [
+        ("cartpole", "ppo-gae", [0, 1, 2]),
+        ("cartpole", "ppo-gae", [3, 4]),
+        ("cartpole", "sppo", [1, 2, 3]),
+        ("mountaincar", "ppo-gae", [0, 1, 2]),
+        ("mountaincar", "ppo-gae", [3, 4]),
+        ("mountaincar", "sppo", [0, 1, 2]),
+        ("mountaincar", "sppo", [3, 4]),
+    ]
+    runs = [e for e in _events(tmp_path) if e["kind"] == "run"]
+    assert [(e["task"], e["algo"], e["seed"]) for e in runs] == [("cartpole", "sppo", 4)]
+    failed = {str(s): why for s, why in result.failed}
+    assert set(failed) == {"cartpole/ppo-gae/seed1", "mountaincar/ppo-gae/seed1"}
+    assert len(result.finished) == 20 - 1 - 2 and len(result.skipped) == 1
+    with pytest.raises(UserError, match="stack must be at least 1"):
+        run_suite(specs, tmp_path, run_fn=fake_train, clone_fn=fake_clone, stack=0)
+
+
+def test_ray_executor_ships_stacked_jobs(tmp_path):
+    ray = pytest.importorskip("ray")
+    specs = plan_runs(load_profile("quick"), ["mountaincar"], ["sppo", "ppo-gae"], 2)
+    write_run(tmp_path, "mountaincar", "sppo", 0, 400)  # finished earlier: skipped
+    try:
+        result = run_suite(
+            specs,
+            tmp_path,
+            executor="ray",
+            workers=2,
+            run_fn=fake_train,
+            clone_fn=fake_clone,
+            stack=2,
+            seeds_fn=fake_train_seeds,
+        )
+    finally:
+        ray.shutdown()
+    stacks = [e["seeds"] for e in _events(tmp_path) if e["kind"] == "stack"]
+    assert stacks == [[0, 1]]  # ppo-gae's two seeds in one Ray task
+    assert [str(s) for s, _ in result.failed] == ["mountaincar/ppo-gae/seed1"]
+    assert len(result.finished) == 2

@@ -7,10 +7,12 @@ the training-episode budget and the evaluation interval. ``run_suite`` then
 2. runs each remaining task's cached expert and behaviour-cloning stages once
    (``sppo_bench.control.pipeline.ensure_clone``, with the profile's overrides for the task, so
    a profile can set ``clone.*`` fields), before any RL run of that task;
-3. runs the RL runs (``sppo_bench.control.trainer.train_run``, which resumes an unfinished run
-   from its latest checkpoint) on an executor: a local process pool (one run per worker, one
-   worker per core by default), in-process when ``workers == 1``, or Ray tasks
-   (``executor="ray"``; on a cluster, ``runs_dir`` must be on a filesystem every node shares).
+3. runs the RL runs on an executor: a local process pool (one job per worker, one worker per
+   core by default), in-process when ``workers == 1``, or Ray tasks (``executor="ray"``; on a
+   cluster, ``runs_dir`` must be on a filesystem every node shares). A job is up to ``stack``
+   seeds of one (task, algorithm), trained seed-stacked in one process
+   (``sppo_bench.control.trainer.train_seeds``; ``stack=1``: one ``train_run`` per job); either
+   resumes an unfinished run from its latest checkpoint.
 
 Both stage functions are imported lazily and can be injected (tests, other trainers).
 """
@@ -39,6 +41,7 @@ EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval in
 EXECUTORS = ("local", "ray")
 
 RunFn = Callable[..., Path]  # train_run(task, algo, seed, runs_dir, episodes, overrides, progress)
+SeedsFn = Callable[..., list[Path]]  # train_seeds(task, algo, seeds, runs_dir, episodes, ...)
 CloneFn = Callable[[str, Path, Sequence[str]], Path]  # ensure_clone(task, runs_dir, overrides)
 
 
@@ -196,6 +199,12 @@ def default_run_fn(*args: Any, **kwargs: Any) -> Path:
     return train_run(*args, **kwargs)
 
 
+def default_seeds_fn(*args: Any, **kwargs: Any) -> list[Path]:
+    from sppo_bench.control.trainer import train_seeds
+
+    return train_seeds(*args, **kwargs)
+
+
 def default_clone_fn(task: str, runs_dir: Path, overrides: Sequence[str] = ()) -> Path:
     from sppo_bench.control.pipeline import ensure_clone
 
@@ -239,6 +248,30 @@ def execute_run(run_fn: RunFn, spec: RunSpec, runs_dir: Path, progress: bool) ->
             progress=progress,
         )
     )
+
+
+def execute_stack(seeds_fn: SeedsFn, specs: Sequence[RunSpec], runs_dir: Path, progress: bool):
+    """Worker body for one job of several seeds of one (task, algorithm), seed-stacked."""
+    _limit_threads()
+    first = specs[0]
+    return seeds_fn(
+        first.task,
+        first.algo,
+        [spec.seed for spec in specs],
+        runs_dir=Path(runs_dir),
+        episodes=first.episodes,
+        overrides=list(first.overrides),
+        progress=progress,
+    )
+
+
+def stack_jobs(specs: Sequence[RunSpec], stack: int) -> list[list[RunSpec]]:
+    """``specs`` cut into jobs: runs that differ only in their seed, at most ``stack`` per job."""
+    groups: dict[tuple[Any, ...], list[RunSpec]] = {}
+    for spec in specs:
+        key = (spec.task, spec.algo, spec.episodes, spec.overrides)
+        groups.setdefault(key, []).append(spec)
+    return [g[i : i + stack] for g in groups.values() for i in range(0, len(g), stack)]
 
 
 def stage_overrides(spec: RunSpec) -> tuple[str, ...]:
@@ -345,6 +378,12 @@ class _RayExecutor:
         pass
 
 
+def _job_name(specs: Sequence[RunSpec]) -> str:
+    if len(specs) == 1:
+        return str(specs[0])
+    return f"{specs[0].task}/{specs[0].algo}/seeds {','.join(str(s.seed) for s in specs)}"
+
+
 def _clock(seconds: float) -> str:
     """``mm:ss`` (``h:mm:ss`` past an hour) of the suite's elapsed time, for progress lines."""
     m, s = divmod(int(seconds), 60)
@@ -380,11 +419,17 @@ def run_suite(
     ray_address: str | None = None,
     run_fn: RunFn | None = None,
     clone_fn: CloneFn | None = None,
+    stack: int = 1,
+    seeds_fn: SeedsFn | None = None,
 ) -> SuiteResult:
     """Run every unfinished spec; the clone stage of a task runs once before its RL runs.
 
-    A failing run is recorded and the others go on; a failing clone stage fails that task's runs.
+    ``stack``: seeds per job (``seeds_fn``, default ``train_seeds``); 1: one ``run_fn`` per run.
+    A failing run is recorded and the others go on (in a stacked job, the seeds it finished
+    count as finished); a failing clone stage fails that task's runs.
     """
+    if stack < 1:
+        raise UserError(f"stack must be at least 1, got {stack}")
     start = time.monotonic()
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -394,6 +439,7 @@ def run_suite(
     if run_fn is None:  # the real trainer's stored configs (a custom run_fn keeps its own)
         check_runs_match(specs, runs_dir)
     run_fn = run_fn or default_run_fn
+    seeds_fn = seeds_fn or default_seeds_fn
     todo: dict[str, list[RunSpec]] = {}
     for spec in specs:
         if run_state(spec, runs_dir) == "done":
@@ -424,20 +470,27 @@ def run_suite(
                 if kind == "clone":
                     status = "ready" if error is None else f"FAILED: {error}"
                     bar.write(f"[{clock}] {item}: expert and clone {status}")
-                    for spec in todo[item]:
-                        if error is None:
-                            job = pool.submit(execute_run, run_fn, spec, runs_dir, progress)
-                            jobs[job] = ("run", spec)
+                    for group in stack_jobs(todo[item], stack):
+                        if error is not None:
+                            result.failed += [(s, f"clone stage failed: {error}") for s in group]
+                            bar.update(len(group))
+                        elif len(group) == 1:
+                            job = pool.submit(execute_run, run_fn, group[0], runs_dir, progress)
+                            jobs[job] = ("runs", group)
                         else:
-                            result.failed.append((spec, f"clone stage failed: {error}"))
-                            bar.update(1)
+                            job = pool.submit(execute_stack, seeds_fn, group, runs_dir, progress)
+                            jobs[job] = ("runs", group)
                 else:
-                    if error is None:
-                        result.finished.append(item)
-                    else:
-                        result.failed.append((item, error))
-                    bar.write(f"[{clock}] {item}: {'done' if error is None else 'FAILED'}")
-                    bar.update(1)
+                    for spec in item:
+                        ok = error is None or run_state(spec, runs_dir) == "done"
+                        if ok:
+                            result.finished.append(spec)
+                        else:
+                            result.failed.append((spec, error))
+                    bar.write(
+                        f"[{clock}] {_job_name(item)}: {'done' if error is None else 'FAILED'}"
+                    )
+                    bar.update(len(item))
     except KeyboardInterrupt:
         getattr(pool, "kill", pool.shutdown)()
         raise
