@@ -24,7 +24,7 @@ from sppo_bench.control.stack import (
 )
 from sppo_bench.control.trainer import Trainer, train_run, train_seeds
 from sppo_bench.core.ppo import clip_grad_norm_per_seed
-from sppo_bench.errors import DivergedError
+from sppo_bench.errors import DivergedError, UserError
 
 TINY = ["rl.trajectories_per_update=4", "rl.group_size=2", "rl.n_eval=3", "rl.eval_every=2"]
 FLOAT_TOL = dict(rel=1e-4, abs=1e-5)
@@ -238,3 +238,32 @@ def test_a_diverging_seed_stops_alone(tmp_path, monkeypatch):
     assert all(torch.isfinite(t).all() for t in blob["policy"].values())
     rows = _rows(base / "seed1")
     assert all(math.isfinite(r["losses/policy"]) for r in rows[1:])
+
+
+def test_bf16_compute_reaches_the_update_and_stays_close(tmp_path):
+    """rl.compute_dtype=bfloat16: the update's losses move at the bf16 level (~1e-2), not more;
+    an unknown dtype is a one-line error before any work."""
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        root = tmp_path / dtype
+        _clone(root, "cartpole")
+        overrides = [*TINY, f"rl.compute_dtype={dtype}"]
+        run = train_run(
+            "cartpole", "ppo-gae", 0, root, episodes=4, overrides=overrides, progress=False
+        )
+        rows[dtype] = _rows(run)[1]
+    for key in ("losses/policy", "losses/value", "losses/entropy"):
+        a, b = rows["float32"][key], rows["bfloat16"][key]
+        assert a != b and b == pytest.approx(a, rel=3e-2, abs=1e-3), key
+    with pytest.raises(
+        UserError, match=r"unknown rl.compute_dtype 'float16'; valid: float32, bfloat16"
+    ):
+        train_run(
+            "cartpole",
+            "sppo",
+            0,
+            tmp_path / "bad",
+            episodes=4,
+            overrides=[*TINY, "rl.compute_dtype=float16"],
+        )
+    assert not (tmp_path / "bad").exists()

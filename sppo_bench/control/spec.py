@@ -99,7 +99,10 @@ class RLConfig(PPOConfig):
     training-episode budget; trajectories_per_update: episodes per update (for ReMax, plus as
     many greedy episodes from the same start states). group_size: samples per start state for the
     group estimators (grpo, rloo). estimator_params: keyword parameters per estimator name (e.g.
-    ``{gae: {lam: 1.0}}``); gamma is always 1.
+    ``{gae: {lam: 1.0}}``); gamma is always 1. compute_dtype: the update's forward and backward
+    passes in "float32" or "bfloat16" (CPU autocast: bf16 matmuls and activations, fp32 losses,
+    gradients and Adam; rollouts stay fp32); bf16 is 2-3x faster on large batches of a CPU with
+    AVX-512 BF16 and changes the numbers at the ~1e-2 level.
     """
 
     RENAMED: ClassVar[dict[str, str]] = {"ent_coef": "entropy_coef"}
@@ -116,12 +119,14 @@ class RLConfig(PPOConfig):
     n_eval: int = 64
     checkpoint_every: int = 5
     backend: str = "auto"
+    compute_dtype: str = "float32"
 
 
 def upgrade_stored_rl(rl: dict[str, Any]) -> dict[str, Any]:
     """A stored ``rl`` section with the keys of older versions as today's: ``ent_coef`` ->
     ``entropy_coef``, the count ``minibatches`` -> ``mini_batch_size`` (the same pieces)."""
     rl = dict(rl)
+    rl.setdefault("compute_dtype", "float32")  # runs before the key existed computed in fp32
     if "ent_coef" in rl:
         rl.setdefault("entropy_coef", rl.pop("ent_coef"))
     if "minibatches" in rl:

@@ -30,6 +30,7 @@ from sppo_bench.control.expert import stage_dir
 from sppo_bench.control.loop import Trainer, build_critic, num_updates
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
+from sppo_bench.control.update import compute_autocast
 from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.errors import DivergedError, UserError
 from sppo_bench.io import DIVERGED, RunLock
@@ -95,6 +96,7 @@ def requested_config(
     name = estimator.run_name
     spec = load_spec(task, overrides)
     estimator.configured_params(spec.rl.estimator_params)  # a bad parameter fails before any work
+    compute_autocast(spec.rl.compute_dtype)
     if episodes is not None:
         spec.rl.episodes = episodes
     return run_dir_for(Path("."), spec.task, name, seed), spec, resolved_config(spec, name, seed)

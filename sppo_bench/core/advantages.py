@@ -104,6 +104,9 @@ class EstimatorSpec:
     needs_greedy_baseline: the trainer also rolls out the greedy policy per prompt (ReMax).
     group_size: default samples per prompt / start state (the paper's settings).
     params: the estimator's keyword parameters and their defaults (from ``fn``'s signature).
+    batch_wide: rows outside one group share a baseline (REINFORCE's batch mean), so batches of
+    independent runs must not be concatenated; otherwise a row's advantage depends only on its
+    own row and group, and a trainer may pass several runs' rows (distinct group ids) at once.
     """
 
     name: str
@@ -115,6 +118,7 @@ class EstimatorSpec:
     aliases: tuple[str, ...]
     run_name: str
     params: dict[str, object] = field(hash=False)
+    batch_wide: bool = False
 
     @property
     def critic_strategy(self) -> CriticStrategy | None:
@@ -152,6 +156,7 @@ def register(
     group_size: int = 1,
     aliases: tuple[str, ...] = (),
     run_name: str | None = None,
+    batch_wide: bool = False,
 ) -> Callable[[Callable[..., AdvantageOutput]], Callable[..., AdvantageOutput]]:
     """Register ``fn`` under ``name`` (and ``aliases``, and ``run_name``) in ``ESTIMATORS``."""
 
@@ -161,7 +166,7 @@ def register(
         display = run_name or name
         names = tuple(a for a in dict.fromkeys((display, *aliases)) if a != name)
         needs = (critic, needs_groups, needs_greedy_baseline, group_size)
-        ESTIMATORS[name] = EstimatorSpec(name, fn, *needs, names, display, params)
+        ESTIMATORS[name] = EstimatorSpec(name, fn, *needs, names, display, params, batch_wide)
         for alias in (name, *names):
             _ALIASES[alias] = name
         return fn
@@ -317,7 +322,7 @@ def remax_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - baseline.to(reward.dtype), batch.mask))
 
 
-@register("reinforce")
+@register("reinforce", batch_wide=True)
 def reinforce_advantage(
     batch: AdvantageInput, baseline: Literal["mean", "none"] = "mean"
 ) -> AdvantageOutput:
