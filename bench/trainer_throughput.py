@@ -1,21 +1,19 @@
-"""Trainer throughput (benchmark item c) and the paper-budget suite projection.
+"""Trainer throughput (benchmark item c): the trainer on one task, one or several seeds.
 
 The trainer is ``sppo_bench.control.trainer.Trainer``: each ``step`` collects one batch of whole
 episodes through ``make_vector_env(task, N, backend)`` (batched dynamics for CartPole,
-MountainCar and Pendulum; Gymnasium otherwise) and runs the PPO update. Throughput is env steps
-over the wall time of whole updates (collection + advantages + epochs), as ``charts/SPS``.
+MountainCar and Pendulum, ``mujoco.rollout`` for Hopper; Gymnasium for LunarLander) and runs the
+PPO update, for every seed of the trainer at once. Throughput is env steps (all seeds) over the
+wall time of whole updates (collection + advantages + epochs).
 
 Policies: Precision CartPole's geometry only means something with episodes that last the 200
 steps, so the CartPole rows use the cloned policy of the normal pipeline (``runs/control/
 cartpole/clone``; the expert and clone stages are trained there first if absent: about a
-minute). Other tasks use their clone when one exists, else an untrained policy; the projection
-scales each task's measured seconds per env step to full-horizon episodes (an upper bound for
-tasks where episodes can end early).
+minute). Other tasks use their clone when one exists, else an untrained policy.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +27,6 @@ from sppo_bench.control.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"
-# The paper's approximate training budgets (episodes), Figure 8 x-axes (see shared PAPER.md).
-PAPER_EPISODES = {
-    "pendulum": 20_000,
-    "cartpole": 40_000,
-    "mountaincar": 10_000,
-    "lunarlander": 30_000,
-    "hopper": 20_000,
-}
-ALGOS = ("sppo", "ppo-gae")
-SEEDS = 10
 
 
 def cartpole_geometry() -> dict[str, object]:
@@ -63,62 +51,40 @@ def clone_path(task: str, train_if_missing: bool) -> Path | None:
     return path if path.is_file() else None
 
 
-def make_trainer(task: str, algo: str, workdir: Path, backend: str = "auto") -> Trainer:
-    spec = load_spec(task, [f"rl.backend={backend}"])
+def make_trainer(
+    task: str,
+    algo: str,
+    workdir: Path,
+    backend: str = "auto",
+    seeds: int = 1,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> Trainer:
+    """A ``seeds``-seed trainer of ``task`` (its clone, or an untrained policy) in ``workdir``."""
+    spec = load_spec(task, [f"rl.backend={backend}", *overrides])
     clone = clone_path(task, train_if_missing=task == "cartpole")
     if clone is None:  # an untrained policy, in the clone's file format
         clone = workdir / task / "policy.pt"
         save_policy(clone, build_policy(spec), spec)
-    run_dir = workdir / task / algo
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(spec, algo, 0, run_dir, clone)
+    run_dirs = [workdir / task / algo / f"seed{k}" for k in range(seeds)]
+    return Trainer(spec, algo, list(range(seeds)), run_dirs, clone)
 
 
 def timed_updates(trainer: Trainer, updates: int) -> tuple[int, float]:
-    """(env steps, seconds) of ``updates`` trainer updates after one warm-up update."""
+    """(env steps of all seeds, seconds) of ``updates`` updates after one warm-up update."""
+
+    def steps() -> int:
+        return sum(state["env_steps"] for state in trainer.states)
+
     trainer.step(1)
-    steps0 = trainer.state["env_steps"]
+    steps0 = steps()
     start = time.perf_counter()
     for u in range(2, updates + 2):
         trainer.step(u)
-    return trainer.state["env_steps"] - steps0, time.perf_counter() - start
+    return steps() - steps0, time.perf_counter() - start
 
 
-def trainer_updates(task: str, algo: str, updates: int = 3) -> tuple[int, float]:
+def trainer_updates(task: str, algo: str, updates: int = 3, seeds: int = 1) -> tuple[int, float]:
     """Item (c): our trainer's env steps and seconds over ``updates`` updates."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        return timed_updates(make_trainer(task, algo, Path(tmp)), updates)
-
-
-def project_suite(table) -> str:
-    """Measure one update per task and algorithm; project the paper-budget suite (5 tasks x
-    {SPPO, PPO-GAE} x 10 seeds). Seconds per update at full horizon =
-    (measured seconds / measured env steps) x episodes per update x H. Adds rows to ``table``."""
-    lines = ["", "paper-budget projection (one update measured per task and algorithm):"]
-    lines.append(
-        f"{'task':<12} {'algo':<8} {'backend':<10} {'ep/upd':>6} {'steps':>6} {'s/upd':>7} "
-        f"{'s/upd@H':>8} {'updates':>7} {'hours/run':>9}"
-    )
-    total_s = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for task, budget in PAPER_EPISODES.items():
-            for algo in ALGOS:
-                trainer = make_trainer(task, algo, Path(tmp))
-                steps, secs = timed_updates(trainer, 1)
-                batch, horizon = trainer.batch, trainer.horizon
-                backend = type(trainer.train_env).__name__
-                table.add("proj", task, f"trainer {algo} ({backend})", batch, steps, secs)
-                full = secs / max(steps, 1) * batch * horizon
-                n_updates = math.ceil(budget / batch)
-                run_s = full * n_updates
-                total_s += run_s * SEEDS
-                lines.append(
-                    f"{task:<12} {algo:<8} {backend[:10]:<10} {batch:>6} {steps:>6} "
-                    f"{secs:>7.3f} {full:>8.3f} {n_updates:>7} {run_s / 3600:>9.2f}"
-                )
-    lines.append(
-        f"projected suite: {total_s / 3600:.1f} h serial on one core; "
-        f"{total_s / 7200:.1f} h with two runs in parallel on the 2 cores (target <= 3 h)"
-    )
-    return "\n".join(lines)
+        return timed_updates(make_trainer(task, algo, Path(tmp), seeds=seeds), updates)
