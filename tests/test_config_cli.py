@@ -109,4 +109,5 @@ def test_one_ppo_config_with_the_same_names_in_both_tracks(tmp_path):
         "trajectories_per_update": 64,
         "mini_batch_size": 16,  # the same pieces as 4 mini-batches of 64 episodes
         "entropy_coef": 0.0,
+        "compute_dtype": "float32",  # runs from before the key computed in fp32
     }
