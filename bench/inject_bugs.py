@@ -46,8 +46,8 @@ BUGS = (
     Bug(
         "control-advantage-sign",
         "sppo_bench/control/update.py",
-        r"advantages = out\.advantages\.detach\(\)",
-        "advantages = -out.advantages.detach()",
+        r"advantages = torch\.stack\(\[o\.advantages\.detach\(\) for o in outs\]\)",
+        "advantages = -torch.stack([o.advantages.detach() for o in outs])",
         CONTROL_TESTS,
     ),
     Bug(
@@ -66,14 +66,14 @@ BUGS = (
     ),
     Bug(
         "control-lr-ignored",
-        "sppo_bench/control/trainer.py",
-        r"torch\.optim\.Adam\(params, lr=cfg\.lr\)",
-        "torch.optim.Adam(params)",
+        "sppo_bench/control/loop.py",
+        r"torch\.optim\.Adam\(self\.policy\.trainable\(\), lr=cfg\.lr\)",
+        "torch.optim.Adam(self.policy.trainable())",
         CONTROL_TESTS,
     ),
     Bug(
         "control-critic-never-steps",
-        "sppo_bench/control/trainer.py",
+        "sppo_bench/control/loop.py",
         r"self\.critic_opt = torch\.optim\.Adam\(",
         "self.critic_opt = None and torch.optim.Adam(",
         CONTROL_TESTS,
@@ -81,8 +81,9 @@ BUGS = (
     Bug(
         "core-loop-critic-never-steps",
         "sppo_bench/core/ppo.py",
-        r"append\(_step\(params, optimizer, cfg\.max_grad_norm\)\)\n(\s*)stats\[\"losses/value\"\]",
-        r'append(0.0)\n\1stats["losses/value"]',
+        r"norms = _step\(params, optimizer, cfg\.max_grad_norm, stacked\)\n(\s*)for s in seeds:\n"
+        r"(\s*)stats\[\"losses/value_grad_norm\"\]",
+        r'norms = [0.0] * len(seeds)\n\1for s in seeds:\n\2stats["losses/value_grad_norm"]',
         CONTROL_TESTS + LLM_TESTS,
     ),
     Bug(
