@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("sppo_bench", "tests", "envs", "llm", "pyproject.toml")
 CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py")
 LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py")
+STACK_TESTS = ("tests/test_seed_stack.py",)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,20 @@ BUGS = (
         r"(\s*)stats\[\"losses/value_grad_norm\"\]",
         r'norms = [0.0] * len(seeds)\n\1for s in seeds:\n\2stats["losses/value_grad_norm"]',
         CONTROL_TESTS + LLM_TESTS,
+    ),
+    Bug(
+        "stack-seeds-share-one-shuffle",
+        "sppo_bench/control/update.py",
+        r"cfg\.mini_batch_size, g\) for g in generators\]",
+        "cfg.mini_batch_size, generators[0]) for g in generators]",
+        STACK_TESTS,
+    ),
+    Bug(
+        "stack-clip-across-seeds",  # one norm over all seeds' gradients instead of one per seed
+        "sppo_bench/core/ppo.py",
+        r"norms = clip_grad_norm_per_seed\(params, max_norm, stacked\)\.tolist\(\)",
+        "norms = [float(torch.nn.utils.clip_grad_norm_(params, max_norm))] * stacked",
+        STACK_TESTS,
     ),
     Bug(
         "llm-estimator-params-dropped",
