@@ -1,6 +1,7 @@
-"""Rerun the CPU toy comparison (SPPO, GRPO N=8, PPO-GAE from one warm start) and redraw it.
+"""Rerun the CPU toy comparison (SPPO, GRPO N=8 at equal responses and at equal updates, PPO-GAE,
+from one warm start) and redraw it.
 
-    python bench/llm_toy.py                # the full comparison, results under results/llm/
+    python bench/llm_toy.py                # 4 arms x 3 seeds, results under results/llm/
     python bench/llm_toy.py --quick        # a smaller run, results under runs/llm-toy-bench-quick/
     python bench/llm_toy.py --report-only  # redraw tables and figures from finished runs
 
@@ -45,13 +46,20 @@ from sppo_bench.llm.data import load_problems  # noqa: E402
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults  # noqa: E402
 
 EVAL_SEED = 12345
+EQUAL_UPDATES = "grpo-eq-updates"
+ARMS = {EQUAL_UPDATES: "grpo"}  # arm -> algorithm; any other arm is an algorithm name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="llm/toy-arithmetic.yaml")
-    p.add_argument("--algos", nargs="+", default=["sppo", "grpo", "ppo-gae"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument(
+        "--algos",
+        nargs="+",
+        default=["sppo", "grpo", EQUAL_UPDATES, "ppo-gae"],
+        help=f"arms: algorithm names or {EQUAL_UPDATES}",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--samples", type=int, default=16384, help="generated responses per run")
     p.add_argument("--eval-every", type=int, default=1024, help="responses between evaluations")
     p.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts (max 256)")
@@ -76,10 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args.out = Path(args.out or (args.runs / "results" if args.quick else "results/llm"))
     return args
-
-
-EQUAL_UPDATES = "grpo-eq-updates"
-ARMS = {EQUAL_UPDATES: "grpo"}  # arm -> algorithm; any other arm is an algorithm name
 
 
 def run_config(base: LLMConfig, algo: str, seed: int) -> LLMConfig:

@@ -162,8 +162,13 @@ def test_summary_finds_first_reaching_points():
         ("grpo", 0): _curve([(0, 0, 0.2), (256, 10, 0.3), (512, 20, 0.5), (768, 30, 0.4)]),
         ("sppo", 0): _curve([(0, 0, 0.2), (256, 3, 0.5), (512, 6, 0.6), (768, 9, 0.55)]),
         ("ppo-gae", 0): _curve([(0, 0, 0.2), (256, 4, 0.25)]),
+        ("grpo-eq-updates", 0): _curve([(0, 0, 0.2), (256, 5, 0.4), (512, 9, 0.5)], 2),
     }
     table = summary_table(curves).set_index("method")
+    assert list(table.index) == ["sppo", "grpo", "grpo-eq-updates", "ppo-gae"]
+    assert table.loc["grpo-eq-updates", "samples_to_grpo_best"] == 512  # every arm, not only SPPO
+    assert table.loc["grpo-eq-updates", "updates_to_best"] == 4
+    assert table.loc["grpo-eq-updates", "updates_total"] == 4
     assert table.loc["grpo", "best_acc"] == pytest.approx(50.0)
     assert table.loc["grpo", "samples_to_best"] == 512
     assert table.loc["sppo", "samples_to_grpo_best"] == 256
