@@ -1,6 +1,7 @@
-"""Rerun the CPU toy comparison (SPPO, GRPO N=8, PPO-GAE from one warm start) and redraw it.
+"""Rerun the CPU toy comparison (SPPO, GRPO N=8 at equal responses and at equal updates, PPO-GAE,
+from one warm start) and redraw it.
 
-    python bench/llm_toy.py                # the full comparison, results under results/llm/
+    python bench/llm_toy.py                # 4 arms x 3 seeds, results under results/llm/
     python bench/llm_toy.py --quick        # a smaller run, results under runs/llm-toy-bench-quick/
     python bench/llm_toy.py --report-only  # redraw tables and figures from finished runs
 
@@ -11,7 +12,13 @@ actor lr and one critic lr), the same seeds and the same budget of generated res
 V(s_t) is recorded on one sampled response per held-out prompt, and the SPPO critic's V(s_p) is
 compared with the empirical success of ``--calibration-k`` samples per prompt.
 
-Runs live in ``--runs/<algo>-s<seed>/`` (the trainer's checkpoint and metrics, ``curve.jsonl``,
+Arms (``--algos``) are algorithm names, or ``grpo-eq-updates``: GRPO (N = 8) with the recipe's
+prompts per step and per mini-batch divided by N (256 -> 32 and 128 -> 16 prompts in the full
+run), so each step generates as many responses as an N = 1 step, takes as many optimiser updates
+of as many rows, and the run makes as many updates as SPPO's on the same response budget (plain
+``grpo`` keeps equal prompts per step: 8x fewer steps and updates at equal responses).
+
+Runs live in ``--runs/<arm>-s<seed>/`` (the trainer's checkpoint and metrics, ``curve.jsonl``,
 probe files, and ``bench.json`` written last); an interrupted bench resumes where it stopped and a
 finished run is not redone. Wall time is the trainer's summed step time (evaluation excluded).
 """
@@ -33,18 +40,26 @@ import torch  # noqa: E402
 from sppo_bench.analysis import toy_report  # noqa: E402
 from sppo_bench.config import load_config  # noqa: E402
 from sppo_bench.core import get_estimator, valid_estimator_names  # noqa: E402
+from sppo_bench.errors import UserError  # noqa: E402
 from sppo_bench.io import MetricsWriter, atomic_write_json, atomic_write_text  # noqa: E402
 from sppo_bench.llm.data import load_problems  # noqa: E402
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults  # noqa: E402
 
 EVAL_SEED = 12345
+EQUAL_UPDATES = "grpo-eq-updates"
+ARMS = {EQUAL_UPDATES: "grpo"}  # arm -> algorithm; any other arm is an algorithm name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="llm/toy-arithmetic.yaml")
-    p.add_argument("--algos", nargs="+", default=["sppo", "grpo", "ppo-gae"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument(
+        "--algos",
+        nargs="+",
+        default=["sppo", "grpo", EQUAL_UPDATES, "ppo-gae"],
+        help=f"arms: algorithm names or {EQUAL_UPDATES}",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--samples", type=int, default=16384, help="generated responses per run")
     p.add_argument("--eval-every", type=int, default=1024, help="responses between evaluations")
     p.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts (max 256)")
@@ -74,6 +89,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_config(base: LLMConfig, algo: str, seed: int) -> LLMConfig:
     cfg = replace(base, algo=replace(base.algo, name=algo), train=replace(base.train, seed=seed))
     return resolve_algorithm_defaults(cfg)
+
+
+def arm_overrides(base: LLMConfig, arm: str) -> list[str]:
+    """The recipe overrides of an arm (none for a plain algorithm)."""
+    if arm != EQUAL_UPDATES:
+        return []
+    n = run_config(base, ARMS[arm], 0).algo.n_samples
+    batch, mini = base.train.batch_size, base.algo.mini_batch_size
+    if batch % n or mini % n:
+        raise UserError(
+            f"{arm}: train.batch_size ({batch}) and algo.mini_batch_size ({mini}) must be "
+            f"multiples of GRPO's N ({n})"
+        )
+    return [f"train.batch_size={batch // n}", f"algo.mini_batch_size={mini // n}"]
+
+
+def arm_config(base: LLMConfig, args, arm: str, seed: int) -> tuple[LLMConfig, list[str]]:
+    """(resolved config, its overrides) of one arm: the recipe, the user's --set, the arm's."""
+    extra = arm_overrides(base, arm)
+    arm_base = load_config(LLMConfig, args.recipe, [*args.overrides, *extra]) if extra else base
+    return run_config(arm_base, ARMS.get(arm, arm), seed), extra
+
+
+def arm_name(base: LLMConfig, arm: str) -> str:
+    """The run-folder name of an arm: its algorithm's run name (gae -> ppo-gae), or itself."""
+    return arm if arm in ARMS else run_config(base, arm, 0).algo.name
 
 
 def trained_steps(run_dir: Path) -> tuple[int, float]:
@@ -116,38 +157,51 @@ def warm_start_accuracy(base: LLMConfig, args, problems, reward_fn) -> float:
     return acc
 
 
-def run_one(base: LLMConfig, algo: str, seed: int, args, problems, reward_fn, warm: float):
-    """Train one (algorithm, seed) to the sample budget with evaluations; then probe its critic."""
+def run_one(base: LLMConfig, arm: str, seed: int, args, problems, reward_fn, warm: float):
+    """Train one (arm, seed) to the sample budget with evaluations; then probe its critic."""
     from sppo_bench.llm.toy.probes import sequence_calibration, token_value_traces
     from sppo_bench.llm.trainer import LLMTrainer
 
-    cfg = run_config(base, algo, seed)
-    run_dir = args.runs / f"{cfg.algo.name}-s{seed}"
-    legacy = args.runs / f"{get_estimator(algo).name}-s{seed}"  # runs made before run names
-    run_dir = legacy if legacy.is_dir() and not run_dir.exists() else run_dir
+    cfg, extra = arm_config(base, args, arm, seed)
+    run_dir = args.runs / f"{arm_name(base, arm)}-s{seed}"
+    if arm not in ARMS:
+        legacy = args.runs / f"{get_estimator(arm).name}-s{seed}"  # runs made before run names
+        run_dir = legacy if legacy.is_dir() and not run_dir.exists() else run_dir
     if (run_dir / "bench.json").exists():
         return
     per_step = cfg.train.batch_size * cfg.algo.n_samples
+    rows_per_update = cfg.algo.mini_batch_size * cfg.algo.n_samples
+    has_critic = get_estimator(cfg.algo.name).critic != "none"
+    actor_start = cfg.critic.warmup_steps if has_critic else 0
     total = math.ceil(args.samples / per_step)
     every = max(1, round(args.eval_every / per_step))
-    trainer = LLMTrainer(
-        replace(cfg, train=replace(cfg.train, steps=0)), run_dir, reward_fn=reward_fn
+    trainer = LLMTrainer(  # steps is a budget: each evaluation target below sets it
+        replace(cfg, train=replace(cfg.train, steps=1)), run_dir, reward_fn=reward_fn
     )
     curve = MetricsWriter(run_dir / "curve.jsonl")
     try:
         if not curve.rows():
-            curve.append({"step": 0, "samples": 0, "wall_s": 0.0, "accuracy": warm})
+            curve.append({"step": 0, "samples": 0, "updates": 0, "wall_s": 0.0, "accuracy": warm})
         targets = sorted({*range(every, total, every), total})
         for target in targets:
             if any(r["step"] == target for r in curve.rows()):
                 continue
             trainer.cfg = replace(trainer.cfg, train=replace(trainer.cfg.train, steps=target))
-            print(f"{cfg.algo.name} seed {seed}: steps -> {target}/{total}", flush=True)
+            print(f"{arm} seed {seed}: steps -> {target}/{total}", flush=True)
             trainer.train(progress=False)
             steps, wall = trained_steps(run_dir)
             acc = evaluate(trainer.policy, trainer.tokenizer, problems, reward_fn, cfg, args.eval_k)
             curve.truncate_after("step", target - 1)
-            row = {"step": steps, "samples": steps * per_step, "wall_s": wall, "accuracy": acc}
+            updates = toy_report.policy_updates(
+                steps, per_step, rows_per_update, cfg.algo.epochs, actor_start
+            )
+            row = {
+                "step": steps,
+                "samples": steps * per_step,
+                "updates": updates,
+                "wall_s": wall,
+                "accuracy": acc,
+            }
             curve.append(row)
             print(f"  {json.dumps(row)}", flush=True)
         r = cfg.rollout
@@ -163,7 +217,19 @@ def run_one(base: LLMConfig, algo: str, seed: int, args, problems, reward_fn, wa
                 args.calibration_k, r.temperature, r.max_new_tokens, EVAL_SEED,
             )  # fmt: skip
             atomic_write_text(run_dir / "calibration.json", json.dumps(calib))
-        atomic_write_json(run_dir / "bench.json", {"steps": total, "samples": total * per_step})
+        done = {
+            "arm": arm,
+            "algo": cfg.algo.name,
+            "overrides": extra,
+            "steps": total,
+            "samples": total * per_step,
+            "updates": toy_report.policy_updates(
+                total, per_step, rows_per_update, cfg.algo.epochs, actor_start
+            ),
+            "prompts_per_step": cfg.train.batch_size,
+            "rows_per_update": rows_per_update,
+        }
+        atomic_write_json(run_dir / "bench.json", done)
     finally:
         trainer.close()
 
@@ -187,8 +253,13 @@ def report(args, algos: list[str]) -> None:
     table = toy_report.summary_table(curves)
     atomic_write_text(out / "toy_summary.csv", table.to_csv(index=False))
     atomic_write_text(out / "toy_summary.md", toy_report.markdown_table(table))
+    seeds = toy_report.seed_summary(curves)
+    atomic_write_text(out / "toy_summary_seeds.csv", seeds.to_csv(index=False))
+    atomic_write_text(out / "toy_summary_seeds.md", toy_report.seed_markdown(seeds))
     long = [{"method": a, "seed": s, **r} for (a, s), rows in curves.items() for r in rows]
     atomic_write_text(out / "toy_curves.csv", pd.DataFrame(long).to_csv(index=False))
+    mean = toy_report.mean_curves(curves)
+    atomic_write_text(out / "toy_curves_mean.csv", mean.to_csv(index=False))
     toy_report.plot_curves(curves, out / "toy_accuracy.png")
     for run_dir in sorted([*args.runs.glob("gae-s*"), *args.runs.glob("ppo-gae-s*")]):
         if (run_dir / "token_values.json").exists():
@@ -197,17 +268,24 @@ def report(args, algos: list[str]) -> None:
             profile = toy_report.token_value_profile(traces)
             atomic_write_text(out / f"toy_token_values_s{seed}.csv", profile.to_csv(index=False))
             toy_report.plot_token_values(traces, out / f"toy_token_values_s{seed}.png")
+    calibration = {}
     for run_dir in sorted(args.runs.glob("sppo-s*")):
         if (run_dir / "calibration.json").exists():
             rows = json.loads((run_dir / "calibration.json").read_text())
             seed = run_dir.name.rsplit("-s", 1)[1]
             stats = toy_report.calibration_stats(rows)
+            calibration[int(seed)] = stats
             atomic_write_json(out / f"toy_calibration_s{seed}.json", stats)
             binned = toy_report.reliability_bins(rows)
             atomic_write_text(out / f"toy_calibration_bins_s{seed}.csv", binned.to_csv(index=False))
             toy_report.plot_calibration(rows, out / f"toy_calibration_s{seed}.png")
             print(f"SPPO critic calibration (seed {seed}): {json.dumps(stats)}")
+    if len(calibration) > 1:
+        summary = toy_report.calibration_over_seeds(calibration)
+        atomic_write_json(out / "toy_calibration_seeds.json", summary)
+        print(f"SPPO critic calibration over seeds: {json.dumps(summary)}")
     print(toy_report.markdown_table(table))
+    print(toy_report.seed_markdown(seeds))
     print(f"results: {out}")
 
 
@@ -215,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_config(LLMConfig, args.recipe, args.overrides)
-    algos = [resolve_algorithm_defaults(run_config(base, a, 0)).algo.name for a in args.algos]
+    algos = [arm_name(base, a) for a in args.algos]
     if not args.report_only:
         from sppo_bench.llm.verifier import Verifier
 

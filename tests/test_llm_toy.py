@@ -1,13 +1,27 @@
 """The CPU toy task: generator, worked solutions through the real verifier, splits, warm start,
 and the report's arithmetic (who reached what, when)."""
 
+import importlib.util
+import json
 import re
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from sppo_bench.analysis.toy_report import calibration_stats, summary_table
+from sppo_bench.analysis.stats import mean_ci_over_runs
+from sppo_bench.analysis.toy_report import (
+    calibration_over_seeds,
+    calibration_stats,
+    mean_curves,
+    policy_updates,
+    seed_markdown,
+    seed_summary,
+    summary_table,
+    threshold_accuracy,
+)
 from sppo_bench.errors import UserError
 from sppo_bench.llm.data import build_prompt, load_problems
 from sppo_bench.llm.models import SequenceCritic
@@ -28,6 +42,14 @@ from sppo_bench.llm.verifier import Verifier
 from sppo_bench.llm.warm_start import initial_policy_state, load_initial_weights
 
 LINE = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("llm_toy", ROOT / "bench/llm_toy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_chain_expression_needs_parentheses_only_before_a_product():
@@ -125,10 +147,14 @@ def test_warm_start_file_is_built_once_and_loads_into_policy_and_critic(tmp_path
         initial_policy_state("tiny:xs", str(tmp_path / "missing.pt"), "nope")
 
 
-def _curve(points):
-    return [
+def _curve(points, updates_per_point=None):
+    rows = [
         {"step": i, "samples": s, "wall_s": w, "accuracy": a} for i, (s, w, a) in enumerate(points)
     ]
+    if updates_per_point is not None:
+        for r in rows:
+            r["updates"] = r["step"] * updates_per_point
+    return rows
 
 
 def test_summary_finds_first_reaching_points():
@@ -136,8 +162,13 @@ def test_summary_finds_first_reaching_points():
         ("grpo", 0): _curve([(0, 0, 0.2), (256, 10, 0.3), (512, 20, 0.5), (768, 30, 0.4)]),
         ("sppo", 0): _curve([(0, 0, 0.2), (256, 3, 0.5), (512, 6, 0.6), (768, 9, 0.55)]),
         ("ppo-gae", 0): _curve([(0, 0, 0.2), (256, 4, 0.25)]),
+        ("grpo-eq-updates", 0): _curve([(0, 0, 0.2), (256, 5, 0.4), (512, 9, 0.5)], 2),
     }
     table = summary_table(curves).set_index("method")
+    assert list(table.index) == ["sppo", "grpo", "grpo-eq-updates", "ppo-gae"]
+    assert table.loc["grpo-eq-updates", "samples_to_grpo_best"] == 512  # every arm, not only SPPO
+    assert table.loc["grpo-eq-updates", "updates_to_best"] == 4
+    assert table.loc["grpo-eq-updates", "updates_total"] == 4
     assert table.loc["grpo", "best_acc"] == pytest.approx(50.0)
     assert table.loc["grpo", "samples_to_best"] == 512
     assert table.loc["sppo", "samples_to_grpo_best"] == 256
@@ -167,3 +198,143 @@ def test_actor_lr_warms_up_linearly_then_stays():
     stub.cfg.actor = OptimConfig(warmup_steps=0)
     LLMTrainer._set_actor_lr(stub, 0)
     assert opt.param_groups[0]["lr"] == 0.4
+
+
+def test_policy_updates_count_mini_batches_after_the_critic_warm_up():
+    # the full toy: SPPO 64 steps of 256 rows in 128-row mini-batches after 8 critic-only steps;
+    # GRPO 8 steps of 2048 rows in 1024-row mini-batches; equal-updates GRPO 64 steps of 256 in 128
+    assert policy_updates(64, 256, 128, 1, 8) == 112
+    assert policy_updates(8, 2048, 1024, 1, 0) == 16
+    assert policy_updates(64, 256, 128, 1, 0) == 128
+    assert policy_updates(3, 300, 128, 2, 0) == 18  # the last mini-batch is shorter, still a step
+    assert policy_updates(5, 256, 128, 1, 8) == 0  # still in the critic-only warm-up
+
+
+def test_equal_updates_arm_matches_sppo_rows_per_step_and_per_update():
+    bench = _bench()
+    recipe = str(ROOT / "llm/toy-arithmetic.yaml")
+    for extra, prompts, eq_mini in (([], 256, 16), (["--quick"], 32, 4)):
+        args = bench.parse_args(["--recipe", recipe, *extra])
+        base = bench.load_config(bench.LLMConfig, args.recipe, args.overrides)
+        sppo, none = bench.arm_config(base, args, "sppo", 0)
+        eq, overrides = bench.arm_config(base, args, "grpo-eq-updates", 3)
+        grpo, _ = bench.arm_config(base, args, "grpo", 0)
+        assert none == [] and sppo.train.batch_size == grpo.train.batch_size == prompts
+        assert eq.algo.name == "grpo" and eq.algo.n_samples == 8 and eq.train.seed == 3
+        assert overrides == [f"train.batch_size={prompts // 8}", f"algo.mini_batch_size={eq_mini}"]
+        rows = lambda c: c.train.batch_size * c.algo.n_samples  # noqa: E731
+        mini = lambda c: c.algo.mini_batch_size * c.algo.n_samples  # noqa: E731
+        assert rows(eq) == rows(sppo) and mini(eq) == mini(sppo)
+        assert rows(grpo) == 8 * rows(sppo)
+    assert bench.arm_name(base, "gae") == "ppo-gae"
+    assert bench.arm_name(base, "grpo-eq-updates") == "grpo-eq-updates"
+    args = bench.parse_args(["--recipe", recipe, "--set", "train.batch_size=12"])
+    args.overrides += ["algo.mini_batch_size=12"]
+    base = bench.load_config(bench.LLMConfig, args.recipe, args.overrides)
+    with pytest.raises(UserError, match="multiples of GRPO's N"):
+        bench.arm_config(base, args, "grpo-eq-updates", 0)
+
+
+def _seed_curves():
+    """GRPO bests 0.30 / 0.40 / 0.50 (threshold 0.40); SPPO reaches 0.40 in seeds 0 and 1 only."""
+    grid = (0, 256, 512, 768)
+    accs = {
+        ("grpo", 0): (0.2, 0.25, 0.30, 0.28),
+        ("grpo", 1): (0.2, 0.40, 0.35, 0.30),
+        ("grpo", 2): (0.2, 0.30, 0.50, 0.45),
+        ("sppo", 0): (0.2, 0.40, 0.45, 0.44),
+        ("sppo", 1): (0.2, 0.30, 0.41, 0.50),
+        ("sppo", 2): (0.2, 0.30, 0.35, 0.39),
+    }
+    walls = {"grpo": 10.0, "sppo": 4.0}
+    return {
+        (arm, seed): _curve(
+            [
+                (x, walls[arm] * (i + seed), a)
+                for i, (x, a) in enumerate(zip(grid, acc, strict=True))
+            ],
+            updates_per_point=2 if arm == "grpo" else 16,
+        )
+        for (arm, seed), acc in accs.items()
+    }
+
+
+def test_seed_summary_means_cis_and_threshold_over_reaching_runs():
+    curves = _seed_curves()
+    assert threshold_accuracy(curves) == pytest.approx(0.40)
+    table = seed_summary(curves).set_index("method")
+    assert list(table.index) == ["sppo", "grpo"]
+    g, sp = table.loc["grpo"], table.loc["sppo"]
+    assert g["runs"] == 3 and g["seeds"] == "0 1 2"
+    assert g["best_acc"] == pytest.approx(40.0) and g["threshold_acc"] == pytest.approx(40.0)
+    mean, lo, hi = mean_ci_over_runs(np.array([[30.0], [40.0], [50.0]]))  # the project's CI code
+    assert (g["best_acc_lo"], g["best_acc_hi"]) == pytest.approx((lo[0], hi[0]))
+    assert 30.0 <= g["best_acc_lo"] < 40.0 < g["best_acc_hi"] <= 50.0
+    assert sp["final_acc"] == pytest.approx(100 * (0.44 + 0.50 + 0.39) / 3)
+    assert g["updates_total"] == 6 and sp["updates_total"] == 48 and sp["samples_total"] == 768
+    # GRPO itself: seed 1 at 256 responses, seed 2 at 512; seed 0 never reaches 40%
+    assert g["reached"] == 2 and g["samples_to_threshold"] == pytest.approx(384)
+    # SPPO: seed 0 at 256 (wall 4, 16 updates), seed 1 at 512 (wall (2 + 1) * 4, 32 updates)
+    assert sp["reached"] == 2 and sp["samples_to_threshold"] == pytest.approx(384)
+    assert sp["updates_to_threshold"] == pytest.approx(24)
+    assert sp["wall_s_to_threshold"] == pytest.approx(8.0)
+    assert sp["samples_to_threshold_lo"] == 256 and sp["samples_to_threshold_hi"] == 512
+    high = seed_summary(curves, threshold=0.49).set_index("method")
+    assert high.loc["sppo", "reached"] == 1 and high.loc["sppo", "samples_to_threshold"] == 768
+    assert pd.isna(seed_summary(curves, threshold=0.9).loc[0, "samples_to_threshold"])
+    one = seed_summary({k: v for k, v in curves.items() if k[1] == 0}).set_index("method")
+    assert one.loc["sppo", "best_acc_lo"] == one.loc["sppo", "best_acc_hi"] == 45.0
+    md = seed_markdown(seed_summary(curves))
+    assert "responses to 40.0%" in md and "| 2/3 |" in md
+    assert "| GRPO (N=8) | 0 1 2 | 40.0 [" in md
+
+
+def test_mean_curves_align_seeds_on_shared_points_with_a_band():
+    curves = _seed_curves()
+    curves[("sppo", 2)] = curves[("sppo", 2)][:3]  # a shorter run: only the shared points count
+    mean = mean_curves(curves)
+    sp = mean[mean.method == "sppo"]
+    assert list(sp.samples) == [0, 256, 512] and (sp.runs == 3).all()
+    assert sp.accuracy.iloc[1] == pytest.approx(100 * (0.40 + 0.30 + 0.30) / 3)
+    assert list(sp.updates) == [0, 16, 32]
+    assert (sp.accuracy_lo <= sp.accuracy + 1e-9).all() and (
+        sp.accuracy <= sp.accuracy_hi + 1e-9
+    ).all()
+    assert sp.accuracy_hi.iloc[1] > sp.accuracy_lo.iloc[1]  # seeds differ there
+    assert sp.accuracy_lo.iloc[0] == sp.accuracy_hi.iloc[0] == pytest.approx(20.0)  # warm start
+    g = mean[mean.method == "grpo"]
+    assert list(g.wall_s) == pytest.approx([10.0, 20.0, 30.0, 40.0])  # mean of seed offsets
+    stats = {
+        s: {"pearson": p, "spearman": p, "brier_vs_success": 0.1}
+        for s, p in enumerate((0.6, 0.7, 0.8))
+    }
+    over = calibration_over_seeds(stats)
+    assert over["seeds"] == [0, 1, 2] and over["pearson"]["mean"] == pytest.approx(0.7)
+    assert over["pearson"]["lo"] < 0.7 < over["pearson"]["hi"]
+
+
+def test_report_only_writes_per_run_and_per_arm_tables(tmp_path, capsys):
+    bench = _bench()
+    runs = tmp_path / "runs"
+    for (arm, seed), rows in _seed_curves().items():
+        folder = runs / f"{arm}-s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "bench.json").write_text("{}")
+    (runs / "sppo-s7").mkdir()  # unfinished: no bench.json, not reported
+    out = tmp_path / "out"
+    argv = ["--report-only", "--runs", str(runs), "--out", str(out), "--recipe"]
+    assert bench.main([*argv, str(ROOT / "llm/toy-arithmetic.yaml")]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "toy_summary.csv",
+        "toy_summary.md",
+        "toy_summary_seeds.csv",
+        "toy_summary_seeds.md",
+    } <= names
+    assert {"toy_curves.csv", "toy_curves_mean.csv", "toy_accuracy.png"} <= names
+    per_run = pd.read_csv(out / "toy_summary.csv")
+    assert len(per_run) == 6 and set(per_run.seed) == {0, 1, 2}
+    seeds = pd.read_csv(out / "toy_summary_seeds.csv").set_index("method")
+    assert seeds.loc["sppo", "reached"] == 2
+    assert "GRPO (N=8)" in capsys.readouterr().out
