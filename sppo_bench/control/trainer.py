@@ -1,6 +1,7 @@
 """Stage 3: RL fine-tuning of the cloned policy with the binary terminal reward, any estimator.
 
-``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``:
+``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``
+(``<algo>@<variant>/`` for a named variant, ``sppo_bench.control.variants``):
 
 - ``config.yaml``: the resolved task spec with the algorithm and seed;
 - ``metrics.jsonl``: one row per update (update 0 = the cloned policy before any update);
@@ -34,9 +35,9 @@ from sppo_bench.control.cloning import build_policy, load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
-from sppo_bench.control.expert import stage_dir
+from sppo_bench.control.expert import stage_dir, variant_stage_dir
 from sppo_bench.control.policies import Policy, ValueNet
-from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
+from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
 from sppo_bench.control.tasks import get_task
 from sppo_bench.control.update import (
     RESULT_KEYS,
@@ -45,6 +46,7 @@ from sppo_bench.control.update import (
     critic_values,
     ppo_update,
 )
+from sppo_bench.control.variants import Variant, all_overrides, folder_name
 from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import UserError
@@ -54,9 +56,12 @@ from sppo_bench.io import (
 from sppo_bench.rundir import RunDir
 
 
-def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
-    """``runs/control/<task>/<run name of algo>/seed<seed>``."""
-    return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
+def run_dir_for(
+    runs_dir: Path, task: str, algo: str, seed: int, variant: Variant | str | None = None
+) -> Path:
+    """``runs/control/<task>/<run name of algo>[@<variant>]/seed<seed>``."""
+    name = folder_name(get_estimator(algo).run_name, variant)
+    return stage_dir(runs_dir, task, name) / f"seed{seed}"
 
 
 def build_critic(spec: TaskSpec, policy: Policy) -> ValueNet:
@@ -197,7 +202,7 @@ class Trainer:
         if strategy.per_step:  # V(s_t) of every step, NaN after the episode's end
             values = np.full((len(episodes.lengths), self.horizon), np.nan, dtype=np.float32)
             steps = out.shape[1]
-            values[:, :steps] = np.where(episodes.mask > 0, out.numpy(), np.nan)
+            values[:, :steps] = np.where(episodes.mask > 0, strategy.values(out).numpy(), np.nan)
             arrays["values"] = values
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -297,29 +302,37 @@ RUNS_DIR_REMEDY = "use another --runs-dir or remove that folder"
 
 
 def upgrade_stored_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored run config with the ``rl`` keys of older versions as today's."""
-    if isinstance(config.get("rl"), dict):
-        config["rl"] = upgrade_stored_rl(config["rl"])
-    return config
+    """A stored run config with the keys of older versions as today's."""
+    return upgrade_stored_spec(config)
 
 
-def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
-    """What ``config.yaml`` holds: algorithm, seed and the full task spec."""
-    return {"algo": algo, "seed": seed, **to_dict(spec)}
+def resolved_config(
+    spec: TaskSpec, algo: str, seed: int, variant: Variant | None = None
+) -> dict[str, Any]:
+    """What ``config.yaml`` holds: algorithm, seed, the variant's name (only for a variant, so
+    that older runs' configs stay valid) and the full task spec."""
+    named = {"variant": variant.name} if variant is not None else {}
+    return {"algo": algo, "seed": seed, **named, **to_dict(spec)}
 
 
 def requested_config(
-    task: str, algo: str, seed: int, episodes: int | None, overrides: Sequence[str]
+    task: str,
+    algo: str,
+    seed: int,
+    episodes: int | None,
+    overrides: Sequence[str],
+    variant: Variant | None = None,
 ) -> tuple[Path, TaskSpec, dict[str, Any]]:
     """(run folder relative to a runs dir, task spec, config.yaml contents) of the run
     ``train_run`` would make with these arguments."""
     estimator = get_estimator(algo)
     name = estimator.run_name
-    spec = load_spec(task, overrides)
+    spec = load_spec(task, all_overrides(overrides, variant))
     estimator.configured_params(spec.rl.estimator_params)  # a bad parameter fails before any work
     if episodes is not None:
         spec.rl.episodes = episodes
-    return run_dir_for(Path("."), spec.task, name, seed), spec, resolved_config(spec, name, seed)
+    relative = run_dir_for(Path("."), spec.task, name, seed, variant)
+    return relative, spec, resolved_config(spec, name, seed, variant)
 
 
 def train_run(
@@ -331,15 +344,18 @@ def train_run(
     overrides: Sequence[str] = (),
     progress: bool = True,
     tensorboard: Path | None = None,
+    variant: Variant | None = None,
 ) -> Path:
     """Train (or resume, or skip if done) one RL run and return its directory.
 
     ``episodes``: the training-episode budget (None = the task yaml's ``rl.episodes``); the run
     makes ceil(episodes / trajectories_per_update) updates. ``tensorboard``: a folder that also
-    receives every metrics row as TensorBoard scalars.
+    receives every metrics row as TensorBoard scalars. ``variant``: a named set of overrides
+    applied after ``overrides``; the run lives in ``<algo>@<variant>`` and starts from the
+    variant's own clone where the variant changes the clone's settings.
     """
     torch.set_num_threads(1)
-    relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
+    relative, spec, config = requested_config(task, algo, seed, episodes, overrides, variant)
     name = config["algo"]
     run_dir = Path(runs_dir) / relative
     run = RunDir(run_dir)
@@ -350,7 +366,7 @@ def train_run(
         if run.done:  # finished by the process that held the lock
             return run_dir
         run.write_config(config)
-        clone = stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
+        clone = variant_stage_dir(runs_dir, spec.task, "clone", variant) / "policy.pt"
         trainer = Trainer(spec, name, seed, run_dir, clone, tensorboard)
         num_updates = math.ceil(spec.rl.episodes / spec.rl.trajectories_per_update)
         try:
