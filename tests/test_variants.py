@@ -201,3 +201,24 @@ def test_a_variant_never_reuses_a_clone_made_with_other_settings(tmp_path):
         clone_expert("cartpole", tmp_path, tiny, progress=False, variant=other)
     with pytest.raises(UserError, match="holds a run with other settings"):
         train_run("cartpole", "sppo", 0, tmp_path, 4, [*tiny, *rl], False, variant=other)
+
+
+def test_runs_and_clones_stored_before_demo_noise_stay_valid(tmp_path):
+    """A config.yaml written before clone.demo_noise existed reads as demo_noise = 0."""
+    from sppo_bench.control.expert import check_stage_config
+    from sppo_bench.control.trainer import RUNS_DIR_REMEDY, upgrade_stored_config
+    from sppo_bench.rundir import RunDir
+
+    _, spec, config = requested_config("cartpole", "sppo", 0, None, [])
+    old = yaml.safe_load(yaml.safe_dump(config))
+    del old["clone"]["demo_noise"]
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.config_path.write_text(yaml.safe_dump(old))
+    run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+    (tmp_path / "clone").mkdir()
+    (tmp_path / "clone" / "config.yaml").write_text(yaml.safe_dump(old))
+    check_stage_config(tmp_path / "clone", spec, ["clone"], ["clone.demo_noise=0.0"])
+    noisy = load_spec("cartpole", ["clone.demo_noise=0.5"])
+    with pytest.raises(UserError, match="other clone settings"):
+        check_stage_config(tmp_path / "clone", noisy, ["clone"], ["clone.demo_noise=0.5"])
