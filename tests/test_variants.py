@@ -157,6 +157,11 @@ def test_suite_builds_a_variants_own_clone_and_passes_the_variant(tmp_path):
     assert (row.algo.item(), row.variant.item()) == ("ppo-gae", "lam0.9")
     assert "PPO-GAE @ lam0.9" in report.markdown and "SPPO @ noisy" in report.markdown
     assert report.improvement is not None  # plain sppo vs plain ppo-gae
+    assert "P(SPPO > PPO-GAE)" in report.markdown
+    noisy = build_report(tmp_path / "runs", algos=["sppo@noisy", "ppo-gae@noisy"])
+    assert set(noisy.summary.label) == {"sppo@noisy", "ppo-gae@noisy"}
+    assert noisy.improvement is not None  # no plain runs: the variant both have
+    assert "P(SPPO @ noisy > PPO-GAE @ noisy)" in noisy.markdown
 
 
 def test_cli_dry_run_lists_variant_runs(tmp_path, capsys):

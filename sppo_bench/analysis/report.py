@@ -4,7 +4,8 @@ metrics CSVs (``runs/<task>/<algo>[@<variant>]/seed<k>.csv``).
 
 Runs are grouped by (task, algo, variant): each variant of an algorithm is its own column
 (``PPO-GAE @ lam0.95``) and its own rows of ``summary.csv`` (columns ``algo``, ``variant``,
-``label``). P(SPPO > PPO-GAE) compares the plain runs (no variant) of the two."""
+``label``). P(SPPO > PPO-GAE) compares the plain runs (no variant) of the two, or, where there
+are none, the first variant both have (the markdown names it)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ def build_report(
             }
         )
     summary = pd.DataFrame(rows)
+    compare = _compared_labels(table, compare)
     x_algo, y_algo = compare
     both = [
         t
@@ -136,6 +138,18 @@ def build_report(
         summary, task_list, algo_list, improvement, both, compare, metric, final_evals, threshold
     )
     return Report(table, summary, improvement, both, md)
+
+
+def _compared_labels(table: pd.DataFrame, compare: tuple[str, str]) -> tuple[str, str]:
+    """The run labels P(x > y) compares: the plain runs of the two algorithms where both have
+    some, else the first variant (by name) that both have; ``compare`` itself if none."""
+    labels = set(table["label"])
+    variants = [""] + sorted(v for v in set(table["variant"]) if v)
+    for variant in variants:
+        pair = tuple(f"{a}@{variant}" if variant else a for a in compare)
+        if set(pair) <= labels:
+            return pair  # type: ignore[return-value]
+    return compare
 
 
 def _markdown(
