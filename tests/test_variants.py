@@ -221,6 +221,11 @@ def test_runs_and_clones_stored_before_demo_noise_stay_valid(tmp_path):
     run.path.mkdir()
     run.config_path.write_text(yaml.safe_dump(old))
     run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+    # a run made with --set rl.estimator_params.ppo-gae.lam=0.95 before aliases were merged
+    _, _, lam = requested_config("cartpole", "ppo-gae", 0, None, [LAM.overrides[0]])
+    old["rl"]["estimator_params"] = {"gae": {"gamma": 1.0, "lam": 1.0}, "ppo-gae": {"lam": 0.95}}
+    run.config_path.write_text(yaml.safe_dump({**old, "algo": "ppo-gae"}))
+    run.check_config(lam, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
     (tmp_path / "clone").mkdir()
     (tmp_path / "clone" / "config.yaml").write_text(yaml.safe_dump(old))
     check_stage_config(tmp_path / "clone", spec, ["clone"], ["clone.demo_noise=0.0"])

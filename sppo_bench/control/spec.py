@@ -142,9 +142,14 @@ def upgrade_stored_rl(rl: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_stored_spec(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config (a run's or a stage's) with the keys of older versions as today's: the
-    ``rl`` upgrades, and ``clone.demo_noise`` (added later) at 0.0, the value those used."""
+    ``rl`` upgrades, estimator parameters under registered names (an older run may hold both
+    ``gae`` and ``ppo-gae`` entries; merged as they were read: the alias's values win), and
+    ``clone.demo_noise`` (added later) at 0.0, the value those used."""
     if isinstance(config.get("rl"), dict):
         config["rl"] = upgrade_stored_rl(config["rl"])
+        if "estimator_params" in config["rl"]:
+            table = config["rl"]["estimator_params"]
+            config["rl"]["estimator_params"] = canonical_params(table)
     if isinstance(config.get("clone"), dict):
         config["clone"].setdefault("demo_noise", 0.0)
     return config
