@@ -270,6 +270,7 @@ def at_least(n: int) -> Bound:
 POSITIVE: Bound = (lambda v: _finite(v) and v > 0), "a finite number > 0"
 NON_NEGATIVE: Bound = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
 UNIT: Bound = (lambda v: _finite(v) and 0 < v <= 1), "a number in (0, 1]"
+PROBABILITY: Bound = (lambda v: _finite(v) and 0 <= v <= 1), "a number in [0, 1]"
 ABOVE_ONE: Bound = (lambda v: _finite(v) and v > 1), "a number > 1"
 LEARNING_RATE: Bound = (lambda v: _finite(v) and 0 < v <= 10), "a number in (0, 10]"
 

@@ -202,7 +202,7 @@ def test_missing_input_is_a_clear_error():
 
 
 def test_the_registry_is_the_one_list_of_algorithms():
-    assert algorithm_names() == ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce")
+    assert algorithm_names() == ("sppo", "ppo-gae", "ppo-bce", "grpo", "rloo", "remax", "reinforce")
     gae = get_estimator("gae")
     assert gae.run_name == "ppo-gae" and get_estimator("ppo").run_name == "ppo-gae"
     assert gae.params == {"gamma": 1.0, "lam": 1.0}  # the function's own defaults
@@ -212,3 +212,41 @@ def test_the_registry_is_the_one_list_of_algorithms():
         gae.configured_params({"gae": {"lamda": 0.5}})
     with pytest.raises(UserError, match="unknown algorithm 'gea'"):
         gae.configured_params({"gea": {"lam": 0.5}})
+
+
+def _bce_batch() -> AdvantageInput:
+    """Row 0: three steps, R = 1; row 1: two steps, R = 0. V = sigmoid(v) is
+    [[.5, .75, .25], [.75, .5, pad]]."""
+    ln3 = float(np.log(3.0))
+    logits = torch.tensor([[0.0, ln3, -ln3], [ln3, 0.0, 5.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    return AdvantageInput(rewards=rewards, mask=mask, step_logits=logits)
+
+
+@pytest.mark.parametrize(
+    "gamma, lam, expected",
+    [
+        # gamma = lam = 1: the deltas telescope, A_t = R - V(s_t)
+        (1.0, 1.0, [[0.5, 0.25, 0.75], [-0.75, -0.5, 0.0]]),
+        # gamma = 0.5: delta_2 = 1 - .25, delta_1 = .5 * .25 - .75, delta_0 = .5 * .75 - .5 ...
+        (0.5, 1.0, [[-0.25, -0.25, 0.75], [-0.75, -0.5, 0.0]]),
+    ],
+)
+def test_ppo_bce_hand_computed(gamma, lam, expected):
+    out = compute_advantages("ppo-bce", _bce_batch(), gamma=gamma, lam=lam)
+    assert torch.allclose(out.advantages, torch.tensor(expected, dtype=torch.float64))
+    # the critic's target is the outcome R on every real step, not the GAE returns
+    targets = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(out.value_targets, targets)
+
+
+def test_ppo_bce_shares_gae_parameters_and_needs_step_logits():
+    spec = get_estimator("ppo-bce")
+    assert spec.params == get_estimator("gae").params == {"gamma": 1.0, "lam": 1.0}
+    assert spec.critic_strategy.per_step and spec.critic_strategy.objective == "bce"
+    assert spec.configured_params({"ppo-bce": {"lam": 0.9}}) == {"gamma": 1.0, "lam": 0.9}
+    batch = _bce_batch()
+    batch.step_logits = None
+    with pytest.raises(UserError, match="needs AdvantageInput.step_logits"):
+        compute_advantages("ppo-bce", batch)

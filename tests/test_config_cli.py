@@ -62,7 +62,7 @@ def test_cli_lists_estimators(capsys):
     assert main(["estimators"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()[1:]]
-    assert names == ["sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce"]  # run names
+    assert names == ["sppo", "ppo-gae", "ppo-bce", "grpo", "rloo", "remax", "reinforce"]
     assert "gae,ppo" in out.splitlines()[2]  # the aliases of ppo-gae
 
 

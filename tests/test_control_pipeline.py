@@ -100,7 +100,7 @@ def test_every_estimator_runs(runs, algo):
     )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["update"] == 2 and "eval/success_deterministic" in rows[-1]
-    has_critic = algo in ("sppo", "ppo-gae")
+    has_critic = algo in ("sppo", "ppo-gae", "ppo-bce")
     assert (rows[-1]["losses/value"] is not None) == has_critic
     assert [r["episodes"] for r in rows] == [0, 4, 8]
     assert all(0 <= r["train/success_rate"] <= 1 for r in rows[1:])
@@ -109,6 +109,10 @@ def test_every_estimator_runs(runs, algo):
     sampled_steps = sum(4 * r["train/episode_length"] for r in rows[1:])
     greedy_steps = rows[-1]["env_steps"] - sampled_steps
     assert (greedy_steps > 0) == (algo == "remax") and greedy_steps >= 0
+    if algo == "ppo-bce":  # the stored per-step values are V = sigmoid(v_t), not logits
+        with np.load(sorted((out / "values").iterdir())[-1]) as values:
+            v = values["values"][~np.isnan(values["values"])]
+            assert v.size and ((v > 0) & (v < 1)).all()
 
 
 def test_group_start_states_repeat(runs):

@@ -171,6 +171,24 @@ def test_gae_parameters_reach_the_estimator(gamma, lam):
     assert not torch.allclose(adv, _gae(data.rewards, values, data.mask, 0.5, 0.2))
 
 
+@pytest.mark.parametrize("gamma, lam", [(0.9, 0.5), (1.0, 1.0)])
+@pytest.mark.parametrize("key", ["ppo-bce", "bce"])
+def test_ppo_bce_runs_gae_over_sigmoid_values(gamma, lam, key):
+    """PPO-BCE: the same GAE sums over V(s_t) = sigmoid(v_t); its parameters reach it under
+    its name or alias."""
+    data, policy = _batch(), _linear_policy()
+    torch.manual_seed(2)
+    critic = ValueNet(2, hidden=[])
+    with torch.no_grad():
+        values = torch.sigmoid(critic(data.obs))
+    adv = _gae(data.rewards, values, data.mask, gamma, lam)
+    expected_w, expected_b = _sgd_closed_form(policy, data, adv, 0.3, 0.2, 1)
+    cfg = _cfg(estimator_params={key: {"gamma": gamma, "lam": lam}})
+    _run_update(policy, cfg, "ppo-bce", data, 0.3, critic)
+    assert torch.allclose(policy.net[0].weight.double(), expected_w, atol=1e-5)
+    assert torch.allclose(policy.net[0].bias.double(), expected_b, atol=1e-5)
+
+
 @pytest.mark.parametrize("normalize_std", [True, False])
 def test_grpo_std_normalisation_reaches_the_estimator(normalize_std):
     data, policy = _batch(), _linear_policy()
@@ -192,11 +210,16 @@ def _critic_loss(critic: ValueNet, algo: str, data: BatchTensors, targets) -> fl
                     critic(data.obs[:, 0]), targets
                 )
             )
+        if algo == "ppo-bce":  # BCE against R at every real step, token mean
+            per_step = torch.nn.functional.binary_cross_entropy_with_logits(
+                critic(data.obs), targets, reduction="none"
+            )
+            return float((per_step * data.mask).sum() / data.mask.sum())
         err = (critic(data.obs) - targets) ** 2
         return float(0.5 * (err * data.mask).sum() / data.mask.sum())
 
 
-@pytest.mark.parametrize("algo", ["sppo", "ppo-gae"])
+@pytest.mark.parametrize("algo", ["sppo", "ppo-gae", "ppo-bce"])
 def test_critic_step_lowers_its_loss(algo):
     data, policy = _batch(), _linear_policy()
     torch.manual_seed(3)

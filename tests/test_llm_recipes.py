@@ -12,6 +12,7 @@ import pytest
 
 from sppo_bench.config import load_config
 from sppo_bench.core import valid_estimator_names
+from sppo_bench.errors import UserError
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 
 LLM = Path(__file__).resolve().parents[1] / "llm"
@@ -20,7 +21,7 @@ RECIPES = sorted(LLM.glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_every_recipe_resolves_for_every_estimator(recipe):
-    for algo in ("sppo", "ppo-gae", "grpo", "rloo", "remax", "reinforce"):
+    for algo in ("sppo", "ppo-gae", "ppo-bce", "grpo", "rloo", "remax", "reinforce"):
         assert algo in valid_estimator_names()
         cfg = resolve_algorithm_defaults(load_config(LLMConfig, recipe, [f"algo.name={algo}"]))
         assert cfg.algo.n_samples >= 1
@@ -46,3 +47,17 @@ def test_tiny_cpu_recipe_runs_in_a_fresh_folder(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-800:]
     assert list((tmp_path / "runs/tiny-cpu-eval").rglob("*.json*"))
+
+
+@pytest.mark.parametrize("algo", ["sppo", "ppo-bce"])
+def test_bce_critics_refuse_an_in_reward_kl(algo):
+    """A BCE critic's target is the outcome R in {0, 1}; an in-reward KL would move it."""
+    recipe = LLM / "tiny-cpu.yaml"
+    with pytest.raises(UserError, match="trains its critic with BCE"):
+        resolve_algorithm_defaults(
+            load_config(LLMConfig, recipe, [f"algo.name={algo}", "algo.kl_coef=0.01"])
+        )
+    cfg = resolve_algorithm_defaults(load_config(LLMConfig, recipe, ["algo.name=ppo-gae"]))
+    assert cfg.algo.kl_coef == 0.0
+    bce = resolve_algorithm_defaults(load_config(LLMConfig, None, ["algo.name=ppo-bce"]))
+    assert (bce.algo.critic_lr, bce.critic.warmup_steps) == (1e-5, 50)  # as the PPO baseline

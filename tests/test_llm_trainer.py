@@ -106,19 +106,21 @@ def test_train_checkpoint_and_resume_reproduce_an_uninterrupted_run(tmp_path, al
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("algo", ["ppo-gae", "rloo", "remax", "reinforce"])
+@pytest.mark.parametrize("algo", ["ppo-gae", "ppo-bce", "rloo", "remax", "reinforce"])
 def test_every_estimator_runs_a_step(tmp_path, algo):
     def digits(texts, golds):  # a dense stand-in reward so that every advantage is non-trivial
         return [float(any(c.isdigit() for c in t)) for t in texts]
 
-    rows, changed, trainer = _train(_config(algo, 1), tmp_path, reward_fn=digits)
+    extra = ("critic.warmup_steps=0",) if algo == "ppo-bce" else ()  # its paper default is 50
+    rows, changed, trainer = _train(_config(algo, 1, *extra), tmp_path, reward_fn=digits)
     row = rows[0]
     assert all(v == v for v in row.values())  # no NaN
-    assert trainer.cfg.algo.n_samples == {"ppo-gae": 1, "rloo": 5, "remax": 1, "reinforce": 1}[algo]
+    samples = {"ppo-gae": 1, "ppo-bce": 1, "rloo": 5, "remax": 1, "reinforce": 1}
+    assert trainer.cfg.algo.n_samples == samples[algo]
     assert changed  # the dense reward gives non-zero advantages: the policy moves
     if algo in ("rloo", "remax"):
         assert "kl_ref" in row and trainer.cfg.algo.kl_coef == 0.001
-    if algo == "ppo-gae":
+    if algo in ("ppo-gae", "ppo-bce"):
         assert "losses/value" in row and trainer.critic is not None
 
 

@@ -149,3 +149,27 @@ def test_sequence_critic_step_lowers_its_bce():
 
     assert bce(trainer.critic) < bce(critic)
     trainer.close()
+
+
+def test_token_bce_critic_step_lowers_its_bce():
+    """PPO-BCE in the LLM trainer: the token critic's logits v_t move towards the outcome R on
+    every response token (token-mean BCE), through the same EstimatorSpec wiring."""
+    trainer, batches = _trainer("ppo-bce", reward_fn=_alternating(1.0))
+    critic = copy.deepcopy(trainer.critic)
+    row = trainer.train_step(0)
+    batch = batches[0]
+    mask = batch.response_mask.float()
+    reward = torch.tensor(_alternating(1.0)(batch.texts, None)).float()
+    targets = reward.unsqueeze(-1).expand_as(mask)
+
+    def bce(model) -> float:
+        with torch.no_grad():
+            v = model.eval()(batch.input_ids(), batch.attention_mask(), mask.shape[1])
+            per_token = torch.nn.functional.binary_cross_entropy_with_logits(
+                v, targets, reduction="none"
+            )
+            return float((per_token * mask).sum() / mask.sum())
+
+    assert row["losses/value"] == pytest.approx(bce(critic), rel=1e-4)
+    assert bce(trainer.critic) < bce(critic)
+    trainer.close()

@@ -85,11 +85,11 @@ def test_plan_runs_and_profile_errors(tmp_path):
     # an alias resolves to the algorithm's run name (its folder)
     assert {s.algo for s in plan_runs(profile, ["mountaincar"], ["gae", "ppo"], 1)} == {"ppo-gae"}
     cases = [
-        (lambda: load_profile("fast"), "unknown profile 'fast'; valid: paper, quick, standard"),
+        (lambda: load_profile("fast"), "unknown profile 'fast'; valid: ablation-bce, .*, standard"),
         (lambda: plan_runs(profile, ["acrobot"]), "unknown task 'acrobot' for profile 'quick'"),
         (
             lambda: plan_runs(profile, None, ["ppo2"]),
-            "unknown algorithm 'ppo2'; valid: gae, grpo, ppo, ppo-gae, reinforce",
+            "unknown algorithm 'ppo2'; valid: bce, gae, grpo, ppo, ppo-bce, ppo-gae, reinforce",
         ),
         (lambda: plan_runs(profile, None, None, 0), "--seeds must be at least 1"),
         (lambda: suite.make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from sppo_bench.analysis.runs import DEFAULT_METRIC, Run, load_values  # noqa: E402
 from sppo_bench.analysis.stats import auroc, correlations, mean_ci_over_runs  # noqa: E402
+from sppo_bench.control.variants import split_folder  # noqa: E402
 from sppo_bench.errors import UserError  # noqa: E402
 
 TASK_TITLES = {
@@ -40,6 +41,7 @@ TASK_TITLES = {
 ALGO_LABELS = {
     "sppo": "SPPO",
     "ppo-gae": "PPO-GAE",
+    "ppo-bce": "PPO-BCE",
     "grpo": "GRPO",
     "rloo": "RLOO",
     "remax": "ReMax",
@@ -48,6 +50,7 @@ ALGO_LABELS = {
 ALGO_COLORS = {  # Okabe-Ito, colour-blind safe
     "sppo": "#D55E00",
     "ppo-gae": "#0072B2",
+    "ppo-bce": "#000000",
     "grpo": "#009E73",
     "rloo": "#CC79A7",
     "remax": "#E69F00",
@@ -68,7 +71,16 @@ def task_order(task: str) -> tuple[int, str]:
 
 
 def algo_label(algo: str) -> str:
-    return ALGO_LABELS.get(algo, algo)
+    """Display name of an algorithm or a run label: ``PPO-GAE``, ``PPO-GAE @ lam0.95``."""
+    base, variant = split_folder(algo)
+    name = ALGO_LABELS.get(base, base)
+    return name if variant is None else f"{name} @ {variant}"
+
+
+def algo_color(label: str) -> str | None:
+    """The algorithm's colour for its plain runs; None (the colour cycle) for a variant."""
+    base, variant = split_folder(label)
+    return ALGO_COLORS.get(base) if variant is None else None
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
@@ -84,7 +96,7 @@ def _save(fig: plt.Figure, out: Path) -> Path:
 def _group(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
     by_task: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        by_task[run.task][run.algo].append(run)
+        by_task[run.task][run.label].append(run)
     return by_task
 
 
@@ -127,7 +139,7 @@ def plot_learning_curves(
                 grid = np.linspace(0.0, end, grid_points)
                 ys = np.stack([np.interp(grid, c[xkey], c["success"]) for c in curves])
                 mean, lo, hi = mean_ci_over_runs(ys)
-                color = ALGO_COLORS.get(algo)
+                color = algo_color(algo)
                 scale = _time_unit(end)[0] if xkey == "wall_time" else 1.0
                 ax.plot(
                     grid / scale,

@@ -1,6 +1,11 @@
 """The suite report: per-task IQM [95% CI], aggregate IQM, P(SPPO > PPO-GAE), episodes to a
 success threshold; written as ``summary.csv``, ``summary.md``, ``runs.csv`` and per-run compact
-metrics CSVs (``runs/<task>/<algo>/seed<k>.csv``)."""
+metrics CSVs (``runs/<task>/<algo>[@<variant>]/seed<k>.csv``).
+
+Runs are grouped by (task, algo, variant): each variant of an algorithm is its own column
+(``PPO-GAE @ lam0.95``) and its own rows of ``summary.csv`` (columns ``algo``, ``variant``,
+``label``). P(SPPO > PPO-GAE) compares the plain runs (no variant) of the two, or, where there
+are none, the first variant both have (the markdown names it)."""
 
 from __future__ import annotations
 
@@ -61,14 +66,21 @@ def build_report(
     runs = discover_runs(runs_dir, tasks, algos, finished_only=not include_unfinished)
     table = runs_table(runs, metric, final_evals, threshold)
     task_list = sorted(table["task"].unique(), key=task_order)
+    arm = table.drop_duplicates("label").set_index("label")
     algo_list = sorted(
-        table["algo"].unique(), key=lambda a: (compare.index(a) if a in compare else 9, a)
+        table["label"].unique(),
+        key=lambda a: (
+            compare.index(arm.algo[a]) if arm.algo[a] in compare else 9,
+            arm.algo[a],
+            arm.variant[a],
+        ),
     )
     rows = []
     for algo in algo_list:
         per_task = []
+        ident = {"algo": arm.algo[algo], "variant": arm.variant[algo], "label": algo}
         for task in task_list:
-            cell = table[(table.task == task) & (table.algo == algo)]
+            cell = table[(table.task == task) & (table.label == algo)]
             if cell.empty:
                 continue
             scores = cell["final_success"].to_numpy(float)
@@ -78,7 +90,7 @@ def build_report(
             rows.append(
                 {
                     "task": task,
-                    "algo": algo,
+                    **ident,
                     "n_runs": len(cell),
                     "iqm": est.point,
                     "ci_lo": est.lo,
@@ -93,7 +105,7 @@ def build_report(
         rows.append(
             {
                 "task": AGGREGATE,
-                "algo": algo,
+                **ident,
                 "n_runs": int(sum(len(s) for s in per_task)),
                 "n_tasks": len(per_task),
                 "iqm": est.point,
@@ -103,21 +115,22 @@ def build_report(
             }
         )
     summary = pd.DataFrame(rows)
+    compare = _compared_labels(table, compare)
     x_algo, y_algo = compare
     both = [
         t
         for t in task_list
-        if ((table.task == t) & (table.algo == x_algo)).any()
-        and ((table.task == t) & (table.algo == y_algo)).any()
+        if ((table.task == t) & (table.label == x_algo)).any()
+        and ((table.task == t) & (table.label == y_algo)).any()
     ]
     improvement = None
     if both:
         xs = [
-            table[(table.task == t) & (table.algo == x_algo)]["final_success"].to_numpy()
+            table[(table.task == t) & (table.label == x_algo)]["final_success"].to_numpy()
             for t in both
         ]
         ys = [
-            table[(table.task == t) & (table.algo == y_algo)]["final_success"].to_numpy()
+            table[(table.task == t) & (table.label == y_algo)]["final_success"].to_numpy()
             for t in both
         ]
         improvement = probability_of_improvement(xs, ys, reps=BOOTSTRAP_REPS, seed=seed)
@@ -125,6 +138,18 @@ def build_report(
         summary, task_list, algo_list, improvement, both, compare, metric, final_evals, threshold
     )
     return Report(table, summary, improvement, both, md)
+
+
+def _compared_labels(table: pd.DataFrame, compare: tuple[str, str]) -> tuple[str, str]:
+    """The run labels P(x > y) compares: the plain runs of the two algorithms where both have
+    some, else the first variant (by name) that both have; ``compare`` itself if none."""
+    labels = set(table["label"])
+    variants = [""] + sorted(v for v in set(table["variant"]) if v)
+    for variant in variants:
+        pair = tuple(f"{a}@{variant}" if variant else a for a in compare)
+        if set(pair) <= labels:
+            return pair  # type: ignore[return-value]
+    return compare
 
 
 def _markdown(
@@ -139,7 +164,7 @@ def _markdown(
     threshold: float,
 ) -> str:
     def cell(task: str, algo: str) -> pd.Series | None:
-        hit = summary[(summary.task == task) & (summary.algo == algo)]
+        hit = summary[(summary.task == task) & (summary.label == algo)]
         return None if hit.empty else hit.iloc[0]
 
     header = "| task | cloned policy | " + " | ".join(algo_label(a) for a in algos) + " |"
@@ -225,8 +250,8 @@ def write_report(report: Report, runs_dir: Path, out_dir: Path) -> dict[str, Pat
             f"{str(paths['per_run_csv'])!r} holds runs, not a report's per-run CSVs; "
             "pass another --out"
         )
-    selected = {(r.task, r.algo, r.seed) for r in report.runs.itertuples()}
-    runs = [r for r in discover_runs(runs_dir) if (r.task, r.algo, r.seed) in selected]
+    selected = {(r.task, r.label, r.seed) for r in report.runs.itertuples()}
+    runs = [r for r in discover_runs(runs_dir) if (r.task, r.label, r.seed) in selected]
     replace_dir(paths["per_run_csv"], lambda folder: export_all_compact(runs, folder))
     atomic_write_text(paths["summary_csv"], report.summary.to_csv(index=False, float_format="%.4g"))
     atomic_write_text(paths["summary_md"], report.markdown)

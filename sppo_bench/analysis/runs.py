@@ -2,13 +2,17 @@
 
 Layout read here (the control track writes it)::
 
-    <runs_dir>/control/<task>/<algo>/seed<k>/
+    <runs_dir>/control/<task>/<algo>[@<variant>]/seed<k>/
         config.yaml  metrics.jsonl  checkpoints/latest.pt  values/update_<u:06d>.npz  done
         calibration.npz   (optional, SPPO runs only)
 
+A run is identified by (task, algo, variant, seed); ``label`` = ``algo`` or ``algo@variant`` (its
+folder name) is what reports and figures group by.
+
 ``metrics.jsonl`` has one JSON object per update; evaluation rows carry
 ``eval/success_deterministic`` and ``eval/success_stochastic``. The cached ``expert/`` and
-``clone/`` stages sit beside the algorithm folders and are not runs.
+``clone/`` stages (and a variant's ``clone@<variant>/``) sit beside the algorithm folders and are
+not runs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sppo_bench.analysis.stats import episodes_to_threshold
+from sppo_bench.control.variants import folder_name, split_folder
 from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import LOSS_METRICS
 from sppo_bench.errors import UserError
@@ -67,6 +72,12 @@ class Run:
     algo: str
     seed: int
     path: Path
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``algo`` or ``algo@variant``: the run's folder under its task."""
+        return folder_name(self.algo, self.variant)
 
     @property
     def done(self) -> bool:
@@ -150,7 +161,8 @@ def discover_runs(
 ) -> list[Run]:
     """All run directories under ``runs_dir/control`` that have a metrics file.
 
-    ``tasks`` / ``algos`` filter (None = all). A missing folder, or no run at all, is a
+    ``tasks`` / ``algos`` filter (None = all); an ``algos`` entry matches an algorithm (all its
+    variants) or one label (``ppo-gae@lam0.95``). A missing folder, or no run at all, is a
     one-line ``UserError``.
     """
     runs_dir = Path(runs_dir)
@@ -167,19 +179,20 @@ def discover_runs(
         if task_set is not None and task_dir.name not in task_set:
             continue
         for algo_dir in sorted(p for p in task_dir.iterdir() if p.is_dir()):
-            if algo_dir.name in STAGE_DIRS or (
-                algo_set is not None and algo_dir.name not in algo_set
+            algo, variant = split_folder(algo_dir.name)
+            if algo in STAGE_DIRS or (
+                algo_set is not None and not {algo, algo_dir.name} & algo_set
             ):
                 continue
             for seed_dir in algo_dir.iterdir():
                 m = _SEED_DIR.match(seed_dir.name)
                 if not (m and RunDir(seed_dir).metrics_path.is_file()):
                     continue
-                run = Run(task_dir.name, algo_dir.name, int(m.group(1)), seed_dir)
+                run = Run(task_dir.name, algo, int(m.group(1)), seed_dir, variant)
                 if finished_only and not run.done:
                     continue
                 runs.append(run)
-    runs.sort(key=lambda r: (r.task, r.algo, r.seed))
+    runs.sort(key=lambda r: (r.task, r.algo, r.variant or "", r.seed))
     if not runs:
         what = "finished runs" if finished_only else "runs"
         filters = []
@@ -207,6 +220,8 @@ def runs_table(
             {
                 "task": run.task,
                 "algo": run.algo,
+                "variant": run.variant or "",
+                "label": run.label,
                 "seed": run.seed,
                 "done": run.done,
                 "updates": int(last["update"]) if last is not None else 0,
@@ -233,8 +248,8 @@ def export_compact_csv(run: Run, path: Path) -> Path:
 
 
 def export_all_compact(runs: Iterable[Run], out_dir: Path) -> list[Path]:
-    """``out_dir/<task>/<algo>/seed<k>.csv`` for every run."""
+    """``out_dir/<task>/<algo>[@<variant>]/seed<k>.csv`` for every run."""
     return [
-        export_compact_csv(run, Path(out_dir) / run.task / run.algo / f"seed{run.seed}.csv")
+        export_compact_csv(run, Path(out_dir) / run.task / run.label / f"seed{run.seed}.csv")
         for run in runs
     ]

@@ -2,7 +2,9 @@
 
 Every stage is cached under ``--runs-dir`` (default ``runs``): rerunning a finished stage does
 nothing, an interrupted one resumes. ``--set key=value`` overrides a field of the task spec
-``envs/<task>.yaml`` (e.g. ``--set rl.lr=1e-4 --set clone.epochs=5``).
+``envs/<task>.yaml`` (e.g. ``--set rl.lr=1e-4 --set clone.epochs=5``). With ``--variant NAME`` the
+``--set`` overrides are a named variant: runs go to ``<algo>@NAME/``, and stages whose settings
+the variant changes to ``clone@NAME/`` / ``expert@NAME/`` (``sppo_bench.control.variants``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from sppo_bench.commands.argtypes import SEED, int_at_least
 from sppo_bench.control.tasks import TASKS, get_task
@@ -30,7 +33,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a task-spec field (repeatable), e.g. rl.lr=1e-4",
     )
+    parser.add_argument(
+        "--variant",
+        metavar="NAME",
+        help="name the --set overrides as a variant: runs in <algo>@NAME, own stages if needed",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _split(args: argparse.Namespace, extra: list[str] | None = None) -> tuple[list[str], Any]:
+    """(shared overrides, Variant or None): with ``--variant`` every ``--set`` (and ``extra``)
+    belongs to the variant."""
+    from sppo_bench.control.variants import Variant
+
+    overrides = [*args.overrides, *(extra or [])]
+    if args.variant is None:
+        return overrides, None
+    return [], Variant(args.variant, tuple(overrides))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,8 +102,9 @@ def run_expert(args: argparse.Namespace) -> int:
     from sppo_bench.control.expert import train_expert
 
     task = get_task(args.task).name
+    overrides, variant = _split(args)
     out = train_expert(
-        task, args.runs_dir, args.overrides, args.timesteps, args.seed, not args.no_progress
+        task, args.runs_dir, overrides, args.timesteps, args.seed, not args.no_progress, variant
     )
     print(f"expert: {out}\n{(out / 'summary.json').read_text()}", end="")
     return 0
@@ -94,12 +114,13 @@ def run_clone(args: argparse.Namespace) -> int:
     from sppo_bench.control.cloning import clone_expert
 
     task = get_task(args.task).name
-    overrides = list(args.overrides)
+    extra = []
     if args.demos is not None:
-        overrides.append(f"clone.episodes={args.demos}")
+        extra.append(f"clone.episodes={args.demos}")
     if args.epochs is not None:
-        overrides.append(f"clone.epochs={args.epochs}")
-    out = clone_expert(task, args.runs_dir, overrides, args.seed, not args.no_progress)
+        extra.append(f"clone.epochs={args.epochs}")
+    overrides, variant = _split(args, extra)
+    out = clone_expert(task, args.runs_dir, overrides, args.seed, not args.no_progress, variant)
     print(f"clone: {out}\n{(out / 'summary.json').read_text()}", end="")
     return 0
 
@@ -108,15 +129,17 @@ def run_train(args: argparse.Namespace) -> int:
     from sppo_bench.control.trainer import train_run
 
     task = get_task(args.task).name
+    overrides, variant = _split(args)
     out = train_run(
         task,
         get_estimator(args.algo).run_name,
         args.seed,
         args.runs_dir,
         args.episodes,
-        args.overrides,
+        overrides,
         not args.no_progress,
         args.tensorboard,
+        variant,
     )
     print(f"run: {out}\n{(out / 'done').read_text()}", end="")
     return 0
@@ -128,12 +151,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     task = get_task(args.task).name
     algo = None if args.algo is None else get_estimator(args.algo).run_name
+    _, variant = _split(args)
     if args.calibration is not None:
         if algo is None:
             raise UserError("--calibration needs --algo (a run with a critic: sppo or ppo-gae)")
         k, m = args.calibration
-        path = calibrate(task, algo, args.seed, args.runs_dir, k, m, not args.no_progress)
+        path = calibrate(task, algo, args.seed, args.runs_dir, k, m, not args.no_progress, variant)
         print(f"calibration: {path}")
         return 0
-    print(json.dumps(evaluate_saved(task, args.runs_dir, algo, args.seed, args.n_eval)))
+    print(json.dumps(evaluate_saved(task, args.runs_dir, algo, args.seed, args.n_eval, variant)))
     return 0

@@ -57,6 +57,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--seeds", type=int_at_least(1), default=None, help="seeds 0..N-1 (default: profile's)"
     )
+    run.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this declared variant (repeatable); with --set: define variant NAME",
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task-spec override of the --variant being defined (repeatable)",
+    )
     run.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
     run.add_argument(
         "--stack",
@@ -129,12 +145,13 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     )
 
     profile = load_profile(args.profile)
-    specs = plan_runs(profile, args.tasks, args.algos, args.seeds)
+    specs = plan_runs(profile, args.tasks, args.algos, args.seeds, args.variants, args.overrides)
     check_runs_match(specs, args.runs_dir)
     if args.dry_run:
         for spec in specs:
             state = run_state(spec, args.runs_dir)
-            print(f"{state:<7} {spec}  episodes={spec.episodes}  {' '.join(spec.overrides)}")
+            sets = " ".join((*spec.overrides, *(spec.variant.overrides if spec.variant else ())))
+            print(f"{state:<7} {spec}  episodes={spec.episodes}  {sets}")
         return 0
     states = [run_state(spec, args.runs_dir) for spec in specs]
     print(
@@ -170,13 +187,14 @@ def _print_left_out(runs_dir: Path, tasks, algos, report) -> None:
     """Name the runs under ``runs_dir`` that the report did not use: unfinished or diverged."""
     from sppo_bench.analysis.runs import discover_runs
 
-    used = set(zip(report.runs["task"], report.runs["algo"], report.runs["seed"], strict=True))
+    columns = (report.runs[k] for k in ("task", "label", "seed"))
+    used = set(zip(*columns, strict=True))
     left = [
-        r for r in discover_runs(runs_dir, tasks, algos) if (r.task, r.algo, r.seed) not in used
+        r for r in discover_runs(runs_dir, tasks, algos) if (r.task, r.label, r.seed) not in used
     ]
     for run in left:
         state = f"diverged: {run.diverged}" if run.diverged else "unfinished (no done marker)"
-        print(f"not in the report: {run.task}/{run.algo}/seed{run.seed}: {state}")
+        print(f"not in the report: {run.task}/{run.label}/seed{run.seed}: {state}")
 
 
 def cmd_suite_report(args: argparse.Namespace) -> int:

@@ -20,11 +20,12 @@ from sppo_bench.control.cloning import load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
-from sppo_bench.control.expert import stage_dir
+from sppo_bench.control.expert import variant_stage_dir
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
 from sppo_bench.control.trainer import SavedRun, run_dir_for, upgrade_stored_config
 from sppo_bench.control.update import critic_values
+from sppo_bench.control.variants import Variant, all_overrides
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
 from sppo_bench.rundir import RunDir
@@ -32,29 +33,38 @@ from sppo_bench.rundir import RunDir
 CALIBRATION_SEED = 5_000_000
 
 
-def load_run(task: str, algo: str, seed: int, runs_dir: Path) -> SavedRun:
+def load_run(
+    task: str, algo: str, seed: int, runs_dir: Path, variant: Variant | None = None
+) -> SavedRun:
     """A run's policy and critic from its ``config.yaml`` and latest checkpoint."""
-    run_dir = run_dir_for(runs_dir, task, algo, seed)
+    run_dir = run_dir_for(runs_dir, task, algo, seed, variant)
     config = RunDir(run_dir).stored_config(upgrade_stored_config)
     if config is None:
         raise UserError(f"no run at {str(run_dir)!r}; train it first")
     name = config.pop("algo")
     config.pop("seed")
+    config.pop("variant", None)
     return SavedRun.load(run_dir, from_dict(TaskSpec, config), name)
 
 
 def evaluate_saved(
-    task: str, runs_dir: Path, algo: str | None, seed: int, n_eval: int
+    task: str,
+    runs_dir: Path,
+    algo: str | None,
+    seed: int,
+    n_eval: int,
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
-    """Success rates of a run's latest policy (or, with ``algo=None``, of the clone) on the
-    fixed evaluation start states."""
+    """Success rates of a run's latest policy (or, with ``algo=None``, of the clone the
+    ``variant``'s runs start from) on the fixed evaluation start states."""
     torch.set_num_threads(1)
     if algo is None:
-        spec = load_spec(task)
-        policy = load_policy(stage_dir(runs_dir, task, "clone") / "policy.pt", spec)
-        what = "clone"
+        spec = load_spec(task, all_overrides((), variant))
+        folder = variant_stage_dir(runs_dir, task, "clone", variant)
+        policy = load_policy(folder / "policy.pt", spec)
+        what = folder.name
     else:
-        run = load_run(task, algo, seed, runs_dir)
+        run = load_run(task, algo, seed, runs_dir, variant)
         policy, what = run.policy, f"{run.algo}/seed{seed}@{run.update}"
     venv = make_vector_env(task, int(np.gcd(n_eval, 64)))
     det, sto, _ = evaluate(
@@ -70,13 +80,20 @@ def evaluate_saved(
 
 
 def calibrate(
-    task: str, algo: str, seed: int, runs_dir: Path, k: int, m: int, progress: bool = True
+    task: str,
+    algo: str,
+    seed: int,
+    runs_dir: Path,
+    k: int,
+    m: int,
+    progress: bool = True,
+    variant: Variant | None = None,
 ) -> Path:
     """Write ``calibration.npz`` into the run directory (see module doc); returns its path."""
     torch.set_num_threads(1)
     if k < 1 or m < 1:
         raise UserError(f"--calibration needs K >= 1 and M >= 1, got {k} {m}")
-    run = load_run(task, algo, seed, runs_dir)
+    run = load_run(task, algo, seed, runs_dir, variant)
     if run.critic is None:
         raise UserError(f"{run.algo} has no critic to calibrate; use sppo or ppo-gae")
     strategy = run.estimator.critic_strategy

@@ -8,7 +8,10 @@ only successful episodes are kept. The policy is fitted on their (s_t, a_t) pair
 - continuous: squared error of the Gaussian mean, L = mean |mu(s_t) - a_t|^2, and the
   state-independent log-std is set to ``clone.log_std``.
 
-A small ``episodes``/``epochs`` budget keeps the clone imperfect, so that RL has room to improve.
+A small ``episodes``/``epochs`` budget keeps the clone imperfect, so that RL has room to improve;
+``clone.demo_noise`` = p weakens it further and controllably: before fitting, each demonstrated
+action is replaced with probability p by one drawn uniformly from the action space
+(``noisy_actions``), so p = 0 is the plain clone and p = 1 a clone of random actions.
 Output in ``runs/control/<task>/clone/``: ``policy.pt`` (see ``load_policy``), ``summary.json``
 (expert episodes used, clone success rates on the evaluation start states), ``done``.
 """
@@ -31,15 +34,17 @@ from sppo_bench.control.expert import (
     ExpertActor,
     check_stage_config,
     evaluate_actor,
-    stage_dir,
+    variant_stage_dir,
 )
 from sppo_bench.control.policies import Policy
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
+from sppo_bench.control.variants import Variant, all_overrides
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
 
 CLONE_SEED = 3_000_000
+NOISE_STREAM = 7  # the demo-noise generator: numpy.random.default_rng([NOISE_STREAM, seed])
 
 
 def build_policy(spec: TaskSpec, log_std: float | None = None) -> Policy:
@@ -91,6 +96,26 @@ def expert_demonstrations(spec: TaskSpec, expert: ExpertActor) -> tuple[Any, int
     return demos.select(np.arange(min(cfg.episodes, len(demos.lengths)))), tried
 
 
+def noisy_actions(
+    actions: np.ndarray, noise: float, space: Any, rng: np.random.Generator
+) -> np.ndarray:
+    """``actions`` ``[M]`` (discrete) or ``[M, a]`` (Box) with each row replaced, with
+    probability ``noise``, by a uniform draw from ``space`` (``n`` actions, or the box
+    ``[low, high]``). Returns a new array; ``noise = 0`` returns an unchanged copy."""
+    out = np.array(actions, copy=True)
+    replace = rng.random(len(out)) < noise
+    k = int(replace.sum())
+    if k == 0:
+        return out
+    if hasattr(space, "n"):
+        out[replace] = rng.integers(0, int(space.n), size=k).astype(out.dtype)
+    else:
+        low, high = np.asarray(space.low, float), np.asarray(space.high, float)
+        draws = rng.uniform(low, high, size=(k, *low.shape))
+        out[replace] = draws.reshape(out[replace].shape).astype(out.dtype)
+    return out
+
+
 def fit(policy: Policy, obs: np.ndarray, actions: np.ndarray, spec: TaskSpec, progress: bool):
     """Behaviour-cloning epochs over (s, a) pairs ``obs [M, d]``, ``actions [M, ...]``."""
     cfg = spec.clone
@@ -120,21 +145,29 @@ def clone_expert(
     overrides: Sequence[str] = (),
     seed: int = 0,
     progress: bool = True,
+    variant: Variant | None = None,
 ) -> Path:
-    """Clone (or skip if done) the task's expert into the RL policy; returns the clone folder."""
+    """Clone (or skip if done) the task's expert into the RL policy; returns the clone folder
+    (the variant's own, ``clone@<variant>``, where its overrides touch what a clone is built
+    from)."""
     torch.set_num_threads(1)
+    overrides = all_overrides(overrides, variant)
     spec = load_spec(task, overrides)
-    out = stage_dir(runs_dir, spec.task, "clone")
+    out = variant_stage_dir(runs_dir, spec.task, "clone", variant)
     check_stage_config(out, spec, ["expert", "policy", "clone"], overrides)
     if (out / "done").is_file():
         return out
     start = time.time()
     torch.manual_seed(seed)
     write_yaml_atomic(out / "config.yaml", {"task": spec.task, "seed": seed, **to_dict(spec)})
-    expert = ExpertActor(stage_dir(runs_dir, spec.task, "expert") / "policy.pt")
+    expert = ExpertActor(variant_stage_dir(runs_dir, spec.task, "expert", variant) / "policy.pt")
     demos, tried = expert_demonstrations(spec, expert)
     keep = demos.mask.astype(bool)
     obs, actions = demos.obs[keep], demos.actions[keep]
+    if spec.clone.demo_noise > 0:
+        space = get_task(spec.task).cls().action_space
+        rng = np.random.default_rng([NOISE_STREAM, seed])
+        actions = noisy_actions(actions, spec.clone.demo_noise, space, rng)
     policy = build_policy(spec)
     final_loss = fit(policy, obs, actions, spec, progress)
     save_policy(out / "policy.pt", policy, spec)
@@ -150,6 +183,7 @@ def clone_expert(
         "expert_rollouts": tried,
         "demo_episodes": int(len(demos.lengths)),
         "demo_steps": int(keep.sum()),
+        "demo_noise": spec.clone.demo_noise,
         "bc_final_loss": final_loss,
         "success_deterministic": det,
         "success_stochastic": sto,

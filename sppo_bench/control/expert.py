@@ -27,8 +27,9 @@ from sppo_bench.config import to_dict, write_yaml_atomic, yaml_round_trip
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.shaping import make_shaped_env
-from sppo_bench.control.spec import TaskSpec, load_spec
+from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
 from sppo_bench.control.tasks import get_task
+from sppo_bench.control.variants import Variant, all_overrides, stage_folder
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
 
@@ -39,6 +40,12 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 def stage_dir(runs_dir: Path, task: str, stage: str) -> Path:
     """``runs/control/<task>/<stage>``."""
     return Path(runs_dir) / "control" / get_task(task).name / stage
+
+
+def variant_stage_dir(runs_dir: Path, task: str, stage: str, variant: Variant | None) -> Path:
+    """The folder of ``stage`` (``expert``, ``clone``) that runs of ``variant`` use:
+    ``<stage>@<variant>`` where the variant's overrides change the stage, else the shared one."""
+    return stage_dir(runs_dir, task, stage_folder(stage, variant))
 
 
 def check_stage_config(
@@ -56,7 +63,7 @@ def check_stage_config(
     touched = {o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides}
     if not path.is_file() or not touched & set(sections):
         return
-    stored = yaml.safe_load(path.read_text()) or {}
+    stored = upgrade_stored_spec(yaml.safe_load(path.read_text()) or {})
     wanted = yaml_round_trip(to_dict(spec))
     differ = [s for s in sections if s in touched and stored.get(s) != wanted.get(s)]
     if differ:
@@ -194,13 +201,16 @@ def train_expert(
     timesteps: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    variant: Variant | None = None,
 ) -> Path:
-    """Train (or resume, or skip if done) the task's expert; returns its folder."""
+    """Train (or resume, or skip if done) the task's expert; returns its folder (the variant's
+    own where its overrides touch ``expert.*``)."""
     torch.set_num_threads(1)
+    overrides = all_overrides(overrides, variant)
     spec = load_spec(task, overrides)
     if timesteps is not None:
         spec.expert.total_timesteps = timesteps
-    out = stage_dir(runs_dir, spec.task, "expert")
+    out = variant_stage_dir(runs_dir, spec.task, "expert", variant)
     check_stage_config(out, spec, ["expert"], overrides)
     if (out / "done").is_file():
         return out

@@ -229,7 +229,9 @@ class Trainer:
             if strategy.per_step:  # V(s_t) of every step, NaN after the episode's end
                 values = np.full((len(mine.lengths), self.horizon), np.nan, dtype=np.float32)
                 steps = mine.mask.shape[1]
-                values[:, :steps] = np.where(mine.mask > 0, out[k, :, :steps].numpy(), np.nan)
+                values[:, :steps] = np.where(
+                    mine.mask > 0, strategy.values(out[k, :, :steps]).numpy(), np.nan
+                )
                 arrays["values"] = values
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sppo_bench.control.cloning import clone_expert
 from sppo_bench.control.expert import train_expert
+from sppo_bench.control.variants import Variant
 
 
 def ensure_clone(
@@ -14,11 +15,13 @@ def ensure_clone(
     runs_dir: Path = Path("runs"),
     overrides: Sequence[str] = (),
     progress: bool = False,
+    variant: Variant | None = None,
 ) -> Path:
     """Train the expert if its folder has no ``done`` marker, then clone it likewise.
 
-    Returns the clone folder (``runs/control/<task>/clone``), whose ``policy.pt`` every RL run of
-    the task starts from.
+    Returns the clone folder (``runs/control/<task>/clone``, or ``clone@<variant>`` for a
+    variant that changes the clone's settings), whose ``policy.pt`` the task's RL runs (of that
+    variant) start from.
     """
-    train_expert(task, Path(runs_dir), overrides, progress=progress)
-    return clone_expert(task, Path(runs_dir), overrides, progress=progress)
+    train_expert(task, Path(runs_dir), overrides, progress=progress, variant=variant)
+    return clone_expert(task, Path(runs_dir), overrides, progress=progress, variant=variant)

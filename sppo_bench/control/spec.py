@@ -16,11 +16,14 @@ from typing import Any, ClassVar
 
 from sppo_bench.config import (
     LEARNING_RATE,
+    PROBABILITY,
     at_least,
     check_bounds,
     load_config,
+    read_yaml,
 )
 from sppo_bench.control.tasks import get_task
+from sppo_bench.core.advantages import get_estimator
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
 
 # ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
@@ -78,6 +81,12 @@ class CloneConfig:
     rollout (for smoke tests with an untrained expert, or as an ablation).
     log_std: the cloned Gaussian policy's state-independent log standard deviation (continuous
     actions; the mean is fitted by squared error to the expert's deterministic action).
+    demo_noise: the clone-strength knob, a probability p in [0, 1]: each demonstrated action is
+    replaced, before fitting, by one drawn uniformly from the action space with probability p
+    (seeded, so the clone is reproducible). A discrete clone fitted to convergence then acts as
+    (1 - p) expert + p uniform; a continuous clone's mean shrinks towards the action box's
+    centre, mu = (1 - p) a* + p c. 0 = today's clone; 1 = a clone of random actions. See
+    ``results/control/clone_strength.md`` for the start success it gives per task.
     """
 
     episodes: int = 20
@@ -88,6 +97,7 @@ class CloneConfig:
     log_std: float = -1.0
     eval_episodes: int = 200
     only_successful: bool = True
+    demo_noise: float = 0.0
 
 
 @dataclass
@@ -135,6 +145,21 @@ def upgrade_stored_rl(rl: dict[str, Any]) -> dict[str, Any]:
     return rl
 
 
+def upgrade_stored_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a run's or a stage's) with the keys of older versions as today's: the
+    ``rl`` upgrades, estimator parameters under registered names (an older run may hold both
+    ``gae`` and ``ppo-gae`` entries; merged as they were read: the alias's values win), and
+    ``clone.demo_noise`` (added later) at 0.0, the value those used."""
+    if isinstance(config.get("rl"), dict):
+        config["rl"] = upgrade_stored_rl(config["rl"])
+        if "estimator_params" in config["rl"]:
+            table = config["rl"]["estimator_params"]
+            config["rl"]["estimator_params"] = canonical_params(table)
+    if isinstance(config.get("clone"), dict):
+        config["clone"].setdefault("demo_noise", 0.0)
+    return config
+
+
 @dataclass
 class TaskSpec:
     """One control task: identity, written rule, and every stage's settings."""
@@ -163,6 +188,7 @@ SPEC_BOUNDS = {
     "clone.eval_episodes": at_least(1),
     "clone.epochs": at_least(0),
     "clone.lr": LEARNING_RATE,
+    "clone.demo_noise": PROBABILITY,
     **{f"rl.{k}": at_least(1) for k in ("episodes", "trajectories_per_update", "eval_every")},
     **{f"rl.{k}": at_least(1) for k in ("n_eval", "checkpoint_every")},
     "rl.group_size": at_least(2),
@@ -170,9 +196,46 @@ SPEC_BOUNDS = {
 }
 
 
+PARAMS_KEY = "rl.estimator_params."
+
+
+def canonical_params(table: Any) -> Any:
+    """``rl.estimator_params`` keyed by registered estimator names: an alias's entry (``ppo-gae``,
+    ``ppo``) merges into its estimator's (``gae``), later entries winning; an unknown name is a
+    one-line ``UserError`` naming the valid ones. Anything but a mapping is returned as it is
+    (the config loader reports it)."""
+    if not isinstance(table, dict):
+        return table
+    out: dict[str, Any] = {}
+    for name, params in table.items():
+        key = get_estimator(str(name)).name
+        if isinstance(params, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **params}
+        else:
+            out[key] = params
+    return out
+
+
+def canonical_override(item: str) -> str:
+    """``rl.estimator_params.<alias>.<param>=v`` -> ``rl.estimator_params.<name>.<param>=v``,
+    so that ``ppo-gae.lam`` and ``gae.lam`` set the same entry; other overrides unchanged."""
+    key, sep, value = item.partition("=")
+    dotted = key.strip()
+    if not sep or not dotted.startswith(PARAMS_KEY):
+        return item
+    name, dot, rest = dotted[len(PARAMS_KEY) :].partition(".")
+    return f"{PARAMS_KEY}{get_estimator(name).name}{dot}{rest}={value}" if name else item
+
+
 def load_spec(task: str, overrides: Sequence[str] = ()) -> TaskSpec:
     """The task's spec from ``envs/<task>.yaml`` with ``key=value`` overrides applied; values
-    out of range (``SPEC_BOUNDS``) are a one-line ``UserError``."""
-    spec = load_config(TaskSpec, spec_path(task), list(overrides))
+    out of range (``SPEC_BOUNDS``) are a one-line ``UserError``. Estimator parameters are stored
+    under the registered names (``canonical_params``), whichever alias the file or override used.
+    """
+    data = read_yaml(spec_path(task))
+    if isinstance(data.get("rl"), dict) and "estimator_params" in data["rl"]:
+        data["rl"]["estimator_params"] = canonical_params(data["rl"]["estimator_params"])
+    spec = load_config(TaskSpec, None, [canonical_override(o) for o in overrides], base=data)
+    spec.rl.estimator_params = canonical_params(spec.rl.estimator_params)
     check_bounds(spec, SPEC_BOUNDS)
     return spec

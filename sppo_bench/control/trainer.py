@@ -1,6 +1,7 @@
 """Stage 3: RL fine-tuning of the cloned policy with the binary terminal reward, any estimator.
 
-``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``;
+``train_run(task, algo, seed)`` trains one run in ``runs/control/<task>/<algo>/seed<seed>/``
+(``<algo>@<variant>/`` for a named variant, ``sppo_bench.control.variants``);
 ``train_seeds(task, algo, seeds)`` trains several seeds of it in one process, seed-stacked
 (:mod:`sppo_bench.control.loop`), each in its own folder:
 
@@ -26,20 +27,24 @@ import torch
 
 from sppo_bench.config import to_dict
 from sppo_bench.control.cloning import build_policy
-from sppo_bench.control.expert import stage_dir
+from sppo_bench.control.expert import stage_dir, variant_stage_dir
 from sppo_bench.control.loop import Trainer, build_critic, num_updates
 from sppo_bench.control.policies import Policy, ValueNet
-from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_rl
+from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
 from sppo_bench.control.update import compute_autocast
+from sppo_bench.control.variants import Variant, all_overrides, folder_name
 from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.errors import DivergedError, UserError
 from sppo_bench.io import DIVERGED, RunLock
 from sppo_bench.rundir import RunDir
 
 
-def run_dir_for(runs_dir: Path, task: str, algo: str, seed: int) -> Path:
-    """``runs/control/<task>/<run name of algo>/seed<seed>``."""
-    return stage_dir(runs_dir, task, get_estimator(algo).run_name) / f"seed{seed}"
+def run_dir_for(
+    runs_dir: Path, task: str, algo: str, seed: int, variant: Variant | str | None = None
+) -> Path:
+    """``runs/control/<task>/<run name of algo>[@<variant>]/seed<seed>``."""
+    name = folder_name(get_estimator(algo).run_name, variant)
+    return stage_dir(runs_dir, task, name) / f"seed{seed}"
 
 
 @dataclass
@@ -76,30 +81,38 @@ RUNS_DIR_REMEDY = "use another --runs-dir or remove that folder"
 
 
 def upgrade_stored_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored run config with the ``rl`` keys of older versions as today's."""
-    if isinstance(config.get("rl"), dict):
-        config["rl"] = upgrade_stored_rl(config["rl"])
-    return config
+    """A stored run config with the keys of older versions as today's."""
+    return upgrade_stored_spec(config)
 
 
-def resolved_config(spec: TaskSpec, algo: str, seed: int) -> dict[str, Any]:
-    """What ``config.yaml`` holds: algorithm, seed and the full task spec."""
-    return {"algo": algo, "seed": seed, **to_dict(spec)}
+def resolved_config(
+    spec: TaskSpec, algo: str, seed: int, variant: Variant | None = None
+) -> dict[str, Any]:
+    """What ``config.yaml`` holds: algorithm, seed, the variant's name (only for a variant, so
+    that older runs' configs stay valid) and the full task spec."""
+    named = {"variant": variant.name} if variant is not None else {}
+    return {"algo": algo, "seed": seed, **named, **to_dict(spec)}
 
 
 def requested_config(
-    task: str, algo: str, seed: int, episodes: int | None, overrides: Sequence[str]
+    task: str,
+    algo: str,
+    seed: int,
+    episodes: int | None,
+    overrides: Sequence[str],
+    variant: Variant | None = None,
 ) -> tuple[Path, TaskSpec, dict[str, Any]]:
     """(run folder relative to a runs dir, task spec, config.yaml contents) of the run
     ``train_run`` would make with these arguments."""
     estimator = get_estimator(algo)
     name = estimator.run_name
-    spec = load_spec(task, overrides)
+    spec = load_spec(task, all_overrides(overrides, variant))
     estimator.configured_params(spec.rl.estimator_params)  # a bad parameter fails before any work
     compute_autocast(spec.rl.compute_dtype)
     if episodes is not None:
         spec.rl.episodes = episodes
-    return run_dir_for(Path("."), spec.task, name, seed), spec, resolved_config(spec, name, seed)
+    relative = run_dir_for(Path("."), spec.task, name, seed, variant)
+    return relative, spec, resolved_config(spec, name, seed, variant)
 
 
 def train_run(
@@ -111,15 +124,19 @@ def train_run(
     overrides: Sequence[str] = (),
     progress: bool = True,
     tensorboard: Path | None = None,
+    variant: Variant | None = None,
 ) -> Path:
     """Train (or resume, or skip if done) one RL run and return its directory.
 
     ``episodes``: the training-episode budget (None = the task yaml's ``rl.episodes``); the run
     makes ceil(episodes / trajectories_per_update) updates. ``tensorboard``: a folder that also
-    receives every metrics row as TensorBoard scalars.
+    receives every metrics row as TensorBoard scalars. ``variant``: a named set of overrides
+    applied after ``overrides``; the run lives in ``<algo>@<variant>`` and starts from the
+    variant's own clone where the variant changes the clone's settings.
     """
     boards = None if tensorboard is None else [tensorboard]
-    return train_seeds(task, algo, [seed], runs_dir, episodes, overrides, progress, boards)[0]
+    runs = train_seeds(task, algo, [seed], runs_dir, episodes, overrides, progress, boards, variant)
+    return runs[0]
 
 
 def train_seeds(
@@ -131,6 +148,7 @@ def train_seeds(
     overrides: Sequence[str] = (),
     progress: bool = True,
     tensorboard: Sequence[Path | None] | None = None,
+    variant: Variant | None = None,
 ) -> list[Path]:
     """``train_run`` for several seeds of one (task, algorithm) at once, seed-stacked in this
     process; returns their run folders. Finished seeds are skipped; seeds at different updates
@@ -144,7 +162,7 @@ def train_seeds(
     runs: list[tuple[int, RunDir, dict[str, Any], Path | None]] = []
     spec = None
     for seed, board in zip(seeds, boards, strict=True):
-        relative, spec, config = requested_config(task, algo, seed, episodes, overrides)
+        relative, spec, config = requested_config(task, algo, seed, episodes, overrides, variant)
         run = RunDir(Path(runs_dir) / relative)
         run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
         runs.append((seed, run, config, board))
@@ -156,7 +174,7 @@ def train_seeds(
         todo = [r for r in todo if not r[1].done]  # finished by a process that held a lock
         for _, run, config, _ in todo:
             run.write_config(config)
-        clone = stage_dir(runs_dir, spec.task, "clone") / "policy.pt"
+        clone = variant_stage_dir(runs_dir, spec.task, "clone", variant) / "policy.pt"
         while todo:
             group = _same_update(todo)
             trainer = Trainer(
@@ -178,7 +196,8 @@ def train_seeds(
             todo = [r for r in todo if not r[1].done and r[0] not in diverged]
     if diverged:
         raise DivergedError(
-            f"{task}/{get_estimator(algo).run_name}: seed(s) {sorted(diverged)} diverged "
+            f"{task}/{folder_name(get_estimator(algo).run_name, variant)}: seed(s) "
+            f"{sorted(diverged)} diverged "
             f"(see their 'diverged' files); the other seeds finished"
         )
     return [run.path for _, run, _, _ in runs]

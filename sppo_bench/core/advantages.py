@@ -15,6 +15,7 @@ name        needs                     advantage (broadcast to every masked step 
 ==========  ========================  ==========================================================
 sppo        ``value_logits`` [B]       A = R - sigmoid(v)                    (critic: sequence)
 gae         ``values`` [B, T]          GAE(gamma, lambda), per step          (critic: step)
+ppo-bce     ``step_logits`` [B, T]     GAE(gamma, lambda) over sigmoid(v_t)  (critic: step-bce)
 grpo        ``group_ids`` [B]          A = (R - mean_g R) [/ std_g R]
 rloo        ``group_ids`` [B]          A = R - mean_{j != i in g} R_j
 remax       ``baseline_rewards`` [B]   A = R - R_greedy
@@ -46,6 +47,7 @@ __all__ = [
     "sequence_rewards",
     "sppo_advantage",
     "gae_advantage",
+    "bce_gae_advantage",
     "grpo_advantage",
     "rloo_advantage",
     "remax_advantage",
@@ -65,6 +67,7 @@ class AdvantageInput:
     terminated: ``[B]`` bool, True where the sequence ended in a terminal state (GAE only;
         default: all terminated, which is the case for LLM responses).
     value_logits: ``[B]`` the sequence critic's logit v for V(s_0) = sigmoid(v) (SPPO only).
+    step_logits: ``[B, T]`` a per-step BCE critic's logits v_t, V(s_t) = sigmoid(v_t) (PPO-BCE).
     group_ids: ``[B]`` int, rows sharing an id share a prompt / start state (GRPO, RLOO).
     baseline_rewards: ``[B]`` reward of the greedy rollout from the same prompt (ReMax).
     """
@@ -75,6 +78,7 @@ class AdvantageInput:
     last_values: Tensor | None = None
     terminated: Tensor | None = None
     value_logits: Tensor | None = None
+    step_logits: Tensor | None = None
     group_ids: Tensor | None = None
     baseline_rewards: Tensor | None = None
 
@@ -83,15 +87,15 @@ class AdvantageInput:
 class AdvantageOutput:
     """advantages: ``[B, T]`` (zero on padding).
 
-    value_targets: the critic's regression target, ``[B, T]`` returns for GAE, ``[B]`` rewards
-    R for SPPO, ``None`` for critic-free estimators.
+    value_targets: the critic's target, ``[B, T]`` returns for GAE, ``[B]`` rewards R for SPPO,
+    ``[B, T]`` R on every masked step for PPO-BCE, ``None`` for critic-free estimators.
     """
 
     advantages: Tensor
     value_targets: Tensor | None = None
 
 
-CriticKind = Literal["none", "sequence", "step"]
+CriticKind = Literal["none", "sequence", "step", "step-bce"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ class EstimatorSpec:
     """A registered estimator: the one list of algorithms, and what a trainer provides for it.
 
     run_name: the algorithm's display name, also its run-folder name in both tracks.
-    critic: which critic the trainer trains ("sequence": V(s_0) with BCE; "step": V(s_t)).
+    critic: which critic the trainer trains ("sequence": V(s_0) with BCE; "step": V(s_t) with
+        squared error; "step-bce": V(s_t) = sigmoid(v_t) with BCE), a key of ``core.CRITICS``.
     needs_groups: rollouts come in groups of ``group_size`` from one prompt / start state.
     needs_greedy_baseline: the trainer also rolls out the greedy policy per prompt (ReMax).
     group_size: default samples per prompt / start state (the paper's settings).
@@ -237,6 +242,11 @@ def gae_advantage(batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0) -
     A_t = sum_{l>=0} (gamma * lam)^l * delta_{t+l} within the row; returns = A + V.
     """
     values = _require(batch.values, "values", "gae").detach()
+    return _gae(batch, values, gamma, lam)
+
+
+def _gae(batch: AdvantageInput, values: Tensor, gamma: float, lam: float) -> AdvantageOutput:
+    """GAE over per-step values ``[B, T]`` (see ``gae_advantage``); returns = A + V."""
     rewards, mask = batch.rewards, batch.mask.to(values.dtype)
     bsz, horizon = rewards.shape
     last = batch.last_values if batch.last_values is not None else values.new_zeros(bsz)
@@ -257,6 +267,23 @@ def gae_advantage(batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0) -
         running = running * mask[:, t]
         advantages[:, t] = running
     return AdvantageOutput(advantages, value_targets=(advantages + values) * mask)
+
+
+@register("ppo-bce", critic="step-bce", aliases=("bce",))
+def bce_gae_advantage(
+    batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0
+) -> AdvantageOutput:
+    """PPO with a token-level critic trained by BCE (the paper's "PPO + BCE" ablation).
+
+    V(s_t) = sigmoid(v_t) from the per-step logits; advantages are ``gae_advantage``'s over these
+    values (same gamma, lam; defaults 1, 1). The critic's target is the outcome R_b at every
+    masked step (``[B, T]``, 0 on padding): BCE(v_t, R), not the GAE returns.
+    """
+    logits = _require(batch.step_logits, "step_logits", "ppo-bce").detach()
+    values = torch.sigmoid(logits.to(batch.rewards.dtype))
+    out = _gae(batch, values, gamma, lam)
+    reward = sequence_rewards(batch.rewards, batch.mask)
+    return AdvantageOutput(out.advantages, value_targets=_broadcast(reward, batch.mask))
 
 
 def _group_index(group_ids: Tensor, estimator: str) -> tuple[Tensor, Tensor]:

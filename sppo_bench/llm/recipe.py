@@ -8,6 +8,7 @@ algorithm   samples N  KL coef   critic lr   critic warm-up
 ==========  =========  ========  ==========  ===================
 sppo        1          0         5e-6        0
 ppo-gae     1          0         1e-5        50
+ppo-bce     1          0         1e-5        50     (the paper's "PPO + BCE" ablation; as PPO)
 grpo        8          0         -           -
 rloo        5          0.001     -           -
 remax       1          0.001     -           -
@@ -52,8 +53,8 @@ RECIPE_BOUNDS = {
     "eval.max_new_tokens": at_least(1),
 }
 PAPER_KL = {"rloo": 0.001, "remax": 0.001}
-PAPER_CRITIC_LR = {"sppo": 5e-6, "gae": 1e-5}
-PAPER_CRITIC_WARMUP = {"sppo": 0, "gae": 50}
+PAPER_CRITIC_LR = {"sppo": 5e-6, "gae": 1e-5, "ppo-bce": 1e-5}  # ppo-bce: as the PPO baseline
+PAPER_CRITIC_WARMUP = {"sppo": 0, "gae": 50, "ppo-bce": 50}
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -226,7 +227,11 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
             else cfg.critic.warmup_steps
         ),
     )
-    if spec.critic == "sequence" and algo.kl_coef > 0:
+    if (
+        spec.critic_strategy is not None
+        and spec.critic_strategy.objective == "bce"
+        and (algo.kl_coef > 0)
+    ):
         raise UserError(
             f"algo {name!r} trains its critic with BCE on the outcome R in {{0, 1}}; an in-reward "
             f"KL (algo.kl_coef={algo.kl_coef}) would move that target outside {{0, 1}}: set "

@@ -1,16 +1,26 @@
 """The multi-seed suite runner: tasks x algorithms x seeds from a named profile.
 
 A profile (``envs/profiles/<name>.yaml``) lists the algorithms, the number of seeds and, per task,
-the training-episode budget and the evaluation interval. ``run_suite`` then
+the training-episode budget and the evaluation interval. It may also declare named settings
+variants, each crossed with the profile's tasks x algorithms x seeds::
+
+    variants:
+      lr1e-4: [rl.critic_lr=1e-4]                                   # every algorithm
+      lam0.95: {set: [rl.estimator_params.gae.lam=0.95], algos: [ppo-gae]}
+    base: [sppo]     # algorithms that also run without a variant (default: all; false: none)
+
+A variant's runs live in ``<algo>@<variant>/`` (``sppo_bench.control.variants``). ``run_suite``
+then
 
 1. skips every run whose directory already holds the ``done`` marker;
 2. runs each remaining task's cached expert and behaviour-cloning stages once
    (``sppo_bench.control.pipeline.ensure_clone``, with the profile's overrides for the task, so
-   a profile can set ``clone.*`` fields), before any RL run of that task;
+   a profile can set ``clone.*`` fields), before any RL run of that task; once more per variant
+   that changes ``expert.*``, ``policy.*`` or ``clone.*`` (its own ``clone@<variant>``);
 3. runs the RL runs on an executor: a local process pool (one job per worker, one worker per
    core by default), in-process when ``workers == 1``, or Ray tasks (``executor="ray"``; on a
    cluster, ``runs_dir`` must be on a filesystem every node shares). A job is up to ``stack``
-   seeds of one (task, algorithm), trained seed-stacked in one process
+   seeds of one (task, algorithm, variant), trained seed-stacked in one process
    (``sppo_bench.control.trainer.train_seeds``; ``stack=1``: one ``train_run`` per job); either
    resumes an unfinished run from its latest checkpoint.
 
@@ -32,6 +42,7 @@ from typing import Any
 from tqdm import tqdm
 
 from sppo_bench.config import read_yaml
+from sppo_bench.control.variants import Variant, check_name, folder_name, stage_folder
 from sppo_bench.core import algorithm_names, get_estimator
 from sppo_bench.errors import UserError
 from sppo_bench.rundir import RunDir
@@ -54,30 +65,50 @@ class TaskBudget:
 
 @dataclass(frozen=True)
 class Profile:
+    """A loaded profile. ``variants``: declared variants by name; ``base``: the algorithms that
+    also run without a variant."""
+
     name: str
     description: str
     algos: tuple[str, ...]
     seeds: int
     tasks: dict[str, TaskBudget] = field(hash=False)
+    variants: dict[str, Variant] = field(default_factory=dict, hash=False)
+    base: tuple[str, ...] | None = None  # None: every algorithm
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One RL run: what ``train_run`` is called with."""
+    """One RL run: what ``train_run`` is called with (``variant`` only where not None)."""
 
     task: str
     algo: str
     seed: int
     episodes: int
     overrides: tuple[str, ...]
+    variant: Variant | None = None
 
     def run_dir(self, runs_dir: Path) -> Path:
         from sppo_bench.control.trainer import run_dir_for
 
-        return run_dir_for(Path(runs_dir), self.task, self.algo, self.seed)
+        return run_dir_for(Path(runs_dir), self.task, self.algo, self.seed, self.variant)
+
+    @property
+    def label(self) -> str:
+        """``<algo>`` or ``<algo>@<variant>``: the run's folder under its task."""
+        return folder_name(self.algo, self.variant)
+
+    @property
+    def stage_key(self) -> tuple[str, str, str]:
+        """(task, expert folder, clone folder): runs with one key share their stages."""
+        return (
+            self.task,
+            stage_folder("expert", self.variant),
+            stage_folder("clone", self.variant),
+        )
 
     def __str__(self) -> str:
-        return f"{self.task}/{self.algo}/seed{self.seed}"
+        return f"{self.task}/{self.label}/seed{self.seed}"
 
 
 def available_profiles() -> list[str]:
@@ -101,7 +132,7 @@ def load_profile(name_or_path: str) -> Profile:
                 "or a path to a .yaml file"
             )
     data = read_yaml(path)
-    allowed = {"description", "algos", "seeds", "tasks"}
+    allowed = {"description", "algos", "seeds", "tasks", "variants", "base"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UserError(
@@ -123,13 +154,49 @@ def load_profile(name_or_path: str) -> Profile:
             eval_every=_positive_int(spec.get("eval_every"), f"tasks.{task}.eval_every"),
             overrides=tuple(str(o) for o in spec.get("overrides") or ()),
         )
+    base = data.get("base", True)
+    if base is True:
+        base_algos = None
+    elif base is False:
+        base_algos = ()
+    elif isinstance(base, list):
+        base_algos = tuple(get_estimator(str(a)).run_name for a in base)
+    else:
+        raise UserError(f"profile key 'base' must be true, false or a list of algos, got {base!r}")
     return Profile(
         name=path.stem,
         description=str(data.get("description", "")),
         algos=algos,
         seeds=_positive_int(data.get("seeds"), "seeds"),
         tasks=tasks,
+        variants=_load_variants(data.get("variants") or {}, str(path)),
+        base=base_algos,
     )
+
+
+def _load_variants(data: Any, where: str) -> dict[str, Variant]:
+    """``variants:`` of a profile: ``name: [KEY=VALUE, ...]`` or ``name: {set: [...], algos:
+    [...]}``; one-line errors for anything else."""
+    if not isinstance(data, dict):
+        raise UserError(f"profile {where!r}: 'variants' must map names to lists of KEY=VALUE")
+    variants = {}
+    for name, body in data.items():
+        name = check_name(str(name))
+        algos = None
+        if isinstance(body, dict):
+            unknown = sorted(set(body) - {"set", "algos"})
+            if unknown:
+                raise UserError(
+                    f"profile variant {name!r}: unknown key {unknown[0]!r}; valid: algos, set"
+                )
+            algos = (
+                tuple(validate_algos(list(body.get("algos") or ()))) if "algos" in body else None
+            )
+            body = body.get("set") or []
+        if not isinstance(body, list) or not all(isinstance(o, str) for o in body):
+            raise UserError(f"profile variant {name!r} must be a list of KEY=VALUE strings")
+        variants[name] = Variant(name, tuple(body), algos)
+    return variants
 
 
 def validate_algos(algos: Sequence[str]) -> list[str]:
@@ -139,13 +206,48 @@ def validate_algos(algos: Sequence[str]) -> list[str]:
     return [get_estimator(a).run_name for a in algos]
 
 
+def select_variants(
+    profile: Profile, names: Sequence[str] | None, overrides: Sequence[str] = ()
+) -> tuple[bool, list[Variant]]:
+    """(run the no-variant runs?, variants to run) for ``suite run --variant NAME [--set ...]``.
+
+    No names: the base runs and every declared variant. Names without overrides: those declared
+    variants only. One name with overrides: an ad-hoc variant of that name (not a declared one).
+    """
+    if not names:
+        if overrides:
+            raise UserError("--set needs --variant NAME (the name of the variant it defines)")
+        return True, list(profile.variants.values())
+    if overrides:
+        if len(names) != 1:
+            raise UserError("--set defines one variant: give exactly one --variant NAME")
+        if names[0] in profile.variants:
+            raise UserError(
+                f"variant {names[0]!r} is declared by profile {profile.name!r}; "
+                "pick another name for an ad-hoc variant or drop --set"
+            )
+        return False, [Variant(check_name(names[0]), tuple(overrides))]
+    unknown = [n for n in names if n not in profile.variants]
+    if unknown:
+        valid = ", ".join(profile.variants) or "none declared"
+        raise UserError(
+            f"unknown variant {unknown[0]!r} for profile {profile.name!r}; valid: {valid} "
+            "(or define one with --set)"
+        )
+    return False, [profile.variants[n] for n in names]
+
+
 def plan_runs(
     profile: Profile,
     tasks: Sequence[str] | None = None,
     algos: Sequence[str] | None = None,
     seeds: int | None = None,
+    variants: Sequence[str] | None = None,
+    variant_overrides: Sequence[str] = (),
 ) -> list[RunSpec]:
-    """The runs of ``profile``, restricted to ``tasks`` / ``algos``, with ``seeds`` seeds 0..N-1."""
+    """The runs of ``profile``, restricted to ``tasks`` / ``algos``, with ``seeds`` seeds 0..N-1:
+    each algorithm without a variant (where ``profile.base`` allows) and with each of its
+    variants (``select_variants``)."""
     tasks = list(tasks) if tasks else list(profile.tasks)
     bad = [t for t in tasks if t not in profile.tasks]
     if bad:
@@ -157,13 +259,20 @@ def plan_runs(
     n_seeds = profile.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
+    with_base, chosen = select_variants(profile, variants, variant_overrides)
     specs = []
     for task in tasks:
         budget = profile.tasks[task]
         overrides = (f"{EVAL_EVERY_KEY}={budget.eval_every}", *budget.overrides)
         for algo in algos:
-            for seed in range(n_seeds):
-                specs.append(RunSpec(task, algo, seed, budget.episodes, overrides))
+            arms: list[Variant | None] = [v for v in chosen if v.applies_to(algo)]
+            if with_base and (profile.base is None or algo in profile.base):
+                arms.insert(0, None)
+            for variant in arms:
+                for seed in range(n_seeds):
+                    specs.append(RunSpec(task, algo, seed, budget.episodes, overrides, variant))
+    if not specs:
+        raise UserError(f"profile {profile.name!r}: no run matches the chosen algos and variants")
     return specs
 
 
@@ -180,7 +289,7 @@ def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
         run = RunDir(spec.run_dir(runs_dir))
         if run.config_path.is_file():
             _, _, config = requested_config(
-                spec.task, spec.algo, spec.seed, spec.episodes, spec.overrides
+                spec.task, spec.algo, spec.seed, spec.episodes, spec.overrides, spec.variant
             )
             run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
 
@@ -205,10 +314,12 @@ def default_seeds_fn(*args: Any, **kwargs: Any) -> list[Path]:
     return train_seeds(*args, **kwargs)
 
 
-def default_clone_fn(task: str, runs_dir: Path, overrides: Sequence[str] = ()) -> Path:
+def default_clone_fn(
+    task: str, runs_dir: Path, overrides: Sequence[str] = (), variant: Variant | None = None
+) -> Path:
     from sppo_bench.control.pipeline import ensure_clone
 
-    return ensure_clone(task, runs_dir, overrides)
+    return ensure_clone(task, runs_dir, overrides, variant=variant)
 
 
 def die_with_parent() -> None:
@@ -246,6 +357,7 @@ def execute_run(run_fn: RunFn, spec: RunSpec, runs_dir: Path, progress: bool) ->
             episodes=spec.episodes,
             overrides=list(spec.overrides),
             progress=progress,
+            **({"variant": spec.variant} if spec.variant is not None else {}),
         )
     )
 
@@ -262,6 +374,7 @@ def execute_stack(seeds_fn: SeedsFn, specs: Sequence[RunSpec], runs_dir: Path, p
         episodes=first.episodes,
         overrides=list(first.overrides),
         progress=progress,
+        **({"variant": first.variant} if first.variant is not None else {}),
     )
 
 
@@ -269,7 +382,7 @@ def stack_jobs(specs: Sequence[RunSpec], stack: int) -> list[list[RunSpec]]:
     """``specs`` cut into jobs: runs that differ only in their seed, at most ``stack`` per job."""
     groups: dict[tuple[Any, ...], list[RunSpec]] = {}
     for spec in specs:
-        key = (spec.task, spec.algo, spec.episodes, spec.overrides)
+        key = (spec.task, spec.label, spec.episodes, spec.overrides, spec.variant)
         groups.setdefault(key, []).append(spec)
     return [g[i : i + stack] for g in groups.values() for i in range(0, len(g), stack)]
 
@@ -280,11 +393,17 @@ def stage_overrides(spec: RunSpec) -> tuple[str, ...]:
 
 
 def execute_clone(
-    clone_fn: CloneFn, task: str, runs_dir: Path, overrides: Sequence[str] = ()
+    clone_fn: CloneFn,
+    task: str,
+    runs_dir: Path,
+    overrides: Sequence[str] = (),
+    variant: Variant | None = None,
 ) -> Path:
-    """Worker body for one task's expert + behaviour-cloning stages."""
+    """Worker body for one task's expert + behaviour-cloning stages (a variant's own stages
+    where it owns them)."""
     _limit_threads()
-    return Path(clone_fn(task, Path(runs_dir), list(overrides)))
+    extra = {"variant": variant} if variant is not None else {}
+    return Path(clone_fn(task, Path(runs_dir), list(overrides), **extra))
 
 
 class _InlineExecutor:
@@ -381,7 +500,13 @@ class _RayExecutor:
 def _job_name(specs: Sequence[RunSpec]) -> str:
     if len(specs) == 1:
         return str(specs[0])
-    return f"{specs[0].task}/{specs[0].algo}/seeds {','.join(str(s.seed) for s in specs)}"
+    return f"{specs[0].task}/{specs[0].label}/seeds {','.join(str(s.seed) for s in specs)}"
+
+
+def _stages(key: tuple[str, str, str]) -> str:
+    """``task`` or ``task (expert@v, clone@v)`` for progress lines."""
+    task, expert, clone = key
+    return task if (expert, clone) == ("expert", "clone") else f"{task} ({expert}, {clone})"
 
 
 def _clock(seconds: float) -> str:
@@ -440,12 +565,12 @@ def run_suite(
         check_runs_match(specs, runs_dir)
     run_fn = run_fn or default_run_fn
     seeds_fn = seeds_fn or default_seeds_fn
-    todo: dict[str, list[RunSpec]] = {}
+    todo: dict[tuple[str, str, str], list[RunSpec]] = {}  # runs by the stages they share
     for spec in specs:
         if run_state(spec, runs_dir) == "done":
             result.skipped.append(spec)
         else:
-            todo.setdefault(spec.task, []).append(spec)
+            todo.setdefault(spec.stage_key, []).append(spec)
     if not todo:
         result.wall_time_s = time.monotonic() - start
         return result
@@ -454,10 +579,13 @@ def run_suite(
     jobs: dict[Any, tuple[str, Any]] = {}
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="suite runs", unit="run")
     try:
-        for task in todo:
-            overrides = stage_overrides(todo[task][0])
-            jobs[pool.submit(execute_clone, clone_fn, task, runs_dir, overrides)] = ("clone", task)
-            bar.write(f"[{_clock(0)}] {task}: expert and clone stages (cached ones are reused)")
+        for key, group in todo.items():
+            task, first = key[0], group[0]
+            owner = first.variant if key[1:] != ("expert", "clone") else None
+            overrides = stage_overrides(first)
+            job = pool.submit(execute_clone, clone_fn, task, runs_dir, overrides, owner)
+            jobs[job] = ("clone", key)
+            bar.write(f"[{_clock(0)}] {_stages(key)}: expert and clone stages (cached reused)")
         while jobs:
             for handle in pool.wait_any(list(jobs)):
                 kind, item = jobs.pop(handle)
@@ -469,7 +597,7 @@ def run_suite(
                 clock = _clock(time.monotonic() - start)
                 if kind == "clone":
                     status = "ready" if error is None else f"FAILED: {error}"
-                    bar.write(f"[{clock}] {item}: expert and clone {status}")
+                    bar.write(f"[{clock}] {_stages(item)}: expert and clone {status}")
                     for group in stack_jobs(todo[item], stack):
                         if error is not None:
                             result.failed += [(s, f"clone stage failed: {error}") for s in group]
