@@ -336,7 +336,7 @@ class Trainer:
         bar = tqdm(
             total=num_updates,
             initial=self.update_count,
-            desc=f"{self.spec.task}/{self.algo}/{label}",
+            desc=f"{self.spec.task}/{self.run_dirs[0].parent.name}/{label}",  # algo[@variant]
             unit="upd",
             disable=not progress,
         )
