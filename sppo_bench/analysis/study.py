@@ -32,7 +32,7 @@ from sppo_bench.core import get_estimator
 from sppo_bench.errors import UserError
 from sppo_bench.rundir import RunDir
 
-CLONE_KEY = "clone.strength"
+CLONE_KEY = "clone.demo_noise"  # the clone-strength knob (envs/*.yaml)
 LAMBDA = "lam"
 
 

@@ -104,7 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_suite_report)
 
     plot = subparsers.add_parser("plot", help="figures from existing control runs")
-    plot.add_argument("figure", choices=("curves", "tail-effect", "calibration"))
+    plot.add_argument("figure", choices=("curves", "tail-effect", "calibration", "phase"))
     plot.add_argument("--runs-dir", type=Path, default=Path("runs"))
     plot.add_argument(
         "--out", type=Path, default=None, help="output folder (default: <runs-dir>/report/figures)"
@@ -218,6 +218,8 @@ def draw_figure(
     from sppo_bench.analysis import figures
     from sppo_bench.analysis.runs import discover_runs
 
+    if figure == "phase":
+        return draw_phase(runs_dir, Path(out_dir), tasks, threshold)
     runs = discover_runs(runs_dir, tasks, algos, finished_only=not include_unfinished)
     out_dir = Path(out_dir)
     if figure == "curves":
@@ -236,7 +238,31 @@ def draw_figure(
         if not drawn:
             raise UserError(f"no ppo-gae or sppo runs with values files under {str(runs_dir)!r}")
         return drawn
-    raise UserError(f"unknown figure {figure!r}; valid: curves, tail-effect, calibration")
+    raise UserError(f"unknown figure {figure!r}; valid: curves, tail-effect, calibration, phase")
+
+
+def draw_phase(
+    runs_dir: Path, out_dir: Path, tasks: list[str] | None, threshold: float | None
+) -> list[Path]:
+    """Per task: the study's runs table, its PPO-GAE-minus-SPPO cells and their phase diagram
+    (``sppo_bench.analysis.study``), finished runs only."""
+    from sppo_bench.analysis.runs import discover_runs
+    from sppo_bench.analysis.study import phase_table, plot_phase, study_runs
+    from sppo_bench.io import atomic_write_text
+
+    level = 0.8 if threshold is None else threshold
+    names = tasks or sorted({r.task for r in discover_runs(runs_dir, finished_only=True)})
+    drawn = []
+    for task in names:
+        runs = study_runs(runs_dir, task, threshold=level)
+        table = phase_table(runs)
+        if table.empty:
+            raise UserError(f"{task}: no PPO-GAE runs with SPPO runs of the same clone strength")
+        atomic_write_text(out_dir / f"study_runs_{task}.csv", runs.to_csv(index=False))
+        atomic_write_text(out_dir / f"phase_{task}.csv", table.to_csv(index=False))
+        title = f"{task}: PPO-GAE minus SPPO (threshold {level:g}; counts PPO-GAE/SPPO runs)"
+        drawn.append(plot_phase(table, out_dir / f"phase_{task}.png", title))
+    return drawn
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

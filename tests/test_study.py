@@ -1,0 +1,76 @@
+"""The ablation study's table and phase diagram, on hand-made run folders whose numbers are
+known: runs are placed by their stored config (lambda, clone strength), not by folder names."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from sppo_bench.analysis.study import phase_table, study_runs
+from sppo_bench.cli import main
+
+BUDGET = 160
+
+
+def _run(root, algo, variant, seed, noise, curve, lam=None):
+    """A finished MountainCar run: evaluation success ``curve`` at episodes 0, 40, 80, ..."""
+    folder = root / "control" / "mountaincar" / f"{algo}@{variant}" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    params = {} if lam is None else {"ppo-gae": {"lam": lam}}
+    config = {
+        "algo": algo,
+        "seed": seed,
+        "variant": variant,
+        "task": "mountaincar",
+        "clone": {"demo_noise": noise},
+        "rl": {"episodes": BUDGET, "critic_lr": 1e-3, "estimator_params": params},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [
+        {"update": u, "episodes": 40 * u, "wall_time": u, "eval/success_stochastic": s}
+        for u, s in enumerate(curve)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "done").write_text("{}")
+
+
+@pytest.fixture()
+def study(tmp_path):
+    solved, stuck = [0.0, 0.9, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]
+    late = [0.0, 0.0, 0.0, 0.0, 0.9]
+    for seed in range(3):
+        _run(tmp_path, "sppo", "p0.99", seed, 0.99, solved)
+        _run(tmp_path, "ppo-gae", "p0.99", seed, 0.99, solved)  # lambda: the default, 1.0
+        _run(tmp_path, "ppo-gae", "p0.99-lam0.95", seed, 0.99, [stuck, stuck, late][seed], 0.95)
+        _run(tmp_path, "sppo", "p0", seed, 0.0, solved)
+    _run(tmp_path, "ppo-gae", "p0-lam0.95", 0, 0.0, solved, 0.95)
+    return tmp_path
+
+
+def test_cells_compare_each_lambda_with_sppo_at_the_same_clone_strength(study):
+    runs = study_runs(study, "mountaincar", threshold=0.8, final_evals=1)
+    assert sorted(runs["lam"].dropna().unique()) == [0.95, 1.0]
+    table = phase_table(runs).set_index(["lam", "clone"])
+    assert len(table) == 3  # (0.95, 0.99), (1.0, 0.99), (0.95, 0.0)
+    hard = table.loc[(0.95, 0.99)]
+    assert (hard["n_ppo-gae"], hard["n_sppo"]) == (3, 3)
+    assert hard["final_diff"] == pytest.approx(0.9 / 3 - 1.0)  # finals 0, 0, 0.9 vs 1, 1, 1
+    assert hard["final_diff_lo"] <= hard["final_diff"] <= hard["final_diff_hi"] < 0
+    # episodes to 0.8: never (counted at the budget 160), never, 160 -> median 160; SPPO 40
+    assert hard["episodes_diff"] == pytest.approx(160 - 40)
+    assert (hard["reached_ppo-gae"], hard["reached_sppo"]) == (1, 3)
+    same = table.loc[(1.0, 0.99)]
+    assert same["final_diff"] == 0 and same["final_diff_lo"] == same["final_diff_hi"] == 0
+    easy = table.loc[(0.95, 0.0)]
+    assert (easy["n_ppo-gae"], easy["n_sppo"]) == (1, 3) and easy["final_diff"] == 0
+
+
+def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    args = ["plot", "phase", "--runs-dir", str(study), "--tasks", "mountaincar", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "phase_mountaincar.png").stat().st_size > 20_000
+    cells = np.loadtxt(out / "phase_mountaincar.csv", delimiter=",", skiprows=1, usecols=1)
+    assert sorted(cells) == [0.95, 0.95, 1.0]
+    assert (out / "study_runs_mountaincar.csv").read_text().count("\n") == 1 + 13
