@@ -51,19 +51,19 @@ def study(tmp_path):
 def test_cells_compare_each_lambda_with_sppo_at_the_same_clone_strength(study):
     runs = study_runs(study, "mountaincar", threshold=0.8, final_evals=1)
     assert sorted(runs["lam"].dropna().unique()) == [0.95, 1.0]
-    table = phase_table(runs).set_index(["lam", "clone"])
+    table = phase_table(runs).set_index(["algo", "lam", "clone"])
     assert len(table) == 3  # (0.95, 0.99), (1.0, 0.99), (0.95, 0.0)
-    hard = table.loc[(0.95, 0.99)]
-    assert (hard["n_ppo-gae"], hard["n_sppo"]) == (3, 3)
+    hard = table.loc[("ppo-gae", 0.95, 0.99)]
+    assert (hard["n"], hard["n_base"]) == (3, 3)
     assert hard["final_diff"] == pytest.approx(0.9 / 3 - 1.0)  # finals 0, 0, 0.9 vs 1, 1, 1
     assert hard["final_diff_lo"] <= hard["final_diff"] <= hard["final_diff_hi"] < 0
     # episodes to 0.8: never (counted at the budget 160), never, 160 -> median 160; SPPO 40
     assert hard["episodes_diff"] == pytest.approx(160 - 40)
-    assert (hard["reached_ppo-gae"], hard["reached_sppo"]) == (1, 3)
-    same = table.loc[(1.0, 0.99)]
+    assert (hard["reached"], hard["reached_base"]) == (1, 3)
+    same = table.loc[("ppo-gae", 1.0, 0.99)]
     assert same["final_diff"] == 0 and same["final_diff_lo"] == same["final_diff_hi"] == 0
-    easy = table.loc[(0.95, 0.0)]
-    assert (easy["n_ppo-gae"], easy["n_sppo"]) == (1, 3) and easy["final_diff"] == 0
+    easy = table.loc[("ppo-gae", 0.95, 0.0)]
+    assert (easy["n"], easy["n_base"]) == (1, 3) and easy["final_diff"] == 0
 
 
 def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):
@@ -71,6 +71,6 @@ def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):
     args = ["plot", "phase", "--runs-dir", str(study), "--tasks", "mountaincar", "--out", str(out)]
     assert main(args) == 0
     assert (out / "phase_mountaincar.png").stat().st_size > 20_000
-    cells = np.loadtxt(out / "phase_mountaincar.csv", delimiter=",", skiprows=1, usecols=1)
+    cells = np.loadtxt(out / "phase_mountaincar.csv", delimiter=",", skiprows=1, usecols=2)
     assert sorted(cells) == [0.95, 0.95, 1.0]
     assert (out / "study_runs_mountaincar.csv").read_text().count("\n") == 1 + 13

@@ -13,8 +13,9 @@ clone strength (SPPO has no lambda):
   counted at its budget (so a difference is a lower bound where runs did not get there), with
   the same bootstrap.
 
-``phase_table`` gives one row per cell; ``plot_phase`` draws the two differences as heat maps
-(rows: lambda, columns: clone strength), each cell annotated with its interval and run counts.
+PPO-BCE (a per-step critic trained with BCE, GAE over it) is placed the same way. ``phase_table``
+gives one row per (algorithm, lambda, clone strength) cell; ``plot_phase`` draws the two
+differences as heat maps, each cell annotated with its interval and run counts.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def study_runs(
         estimator = get_estimator(str(config.get("algo", run.algo)))
         rl = config.get("rl", {})
         lam = np.nan
-        if estimator.run_name == "ppo-gae":
+        if LAMBDA in estimator.params:  # ppo-gae, ppo-bce
             lam = float(estimator.configured_params(rl.get("estimator_params") or {})[LAMBDA])
         curve = run.eval_curve()
         clone = _dotted(config, clone_key)
@@ -99,13 +100,16 @@ def _bootstrap_difference(
     return point, float(lo), float(hi)
 
 
-def phase_table(runs: pd.DataFrame, algo: str = "ppo-gae", baseline: str = "sppo") -> pd.DataFrame:
-    """One row per (lam, clone) cell of ``algo`` runs that has ``baseline`` runs of the same
-    clone strength: run counts, means and the two differences with their intervals."""
+def phase_table(
+    runs: pd.DataFrame, algos: tuple[str, ...] = ("ppo-gae", "ppo-bce"), baseline: str = "sppo"
+) -> pd.DataFrame:
+    """One row per (algo, lam, clone) cell of the ``algos`` runs that has ``baseline`` runs of
+    the same clone strength: run counts, means and the two differences with their intervals
+    (columns ``n``, ``n_base``, ``final``, ``final_base``, ``reached``, ``reached_base``)."""
     cells = []
     base = runs[runs["algo"] == baseline]
-    test = runs[runs["algo"] == algo]
-    for (lam, clone), group in test.groupby(["lam", "clone"], dropna=False):
+    test = runs[runs["algo"].isin(algos)]
+    for (algo, lam, clone), group in test.groupby(["algo", "lam", "clone"], dropna=False):
         ref = base[base["clone"].eq(clone) | (base["clone"].isna() & pd.isna(clone))]
         if ref.empty:
             continue
@@ -117,17 +121,18 @@ def phase_table(runs: pd.DataFrame, algo: str = "ppo-gae", baseline: str = "sppo
         cells.append(
             {
                 "task": group["task"].iloc[0],
+                "algo": algo,
                 "lam": lam,
                 "clone": clone,
-                f"n_{algo}": len(group),
-                f"n_{baseline}": len(ref),
-                f"final_{algo}": float(x_final.mean()),
-                f"final_{baseline}": float(y_final.mean()),
+                "n": len(group),
+                "n_base": len(ref),
+                "final": float(x_final.mean()),
+                "final_base": float(y_final.mean()),
                 "final_diff": final[0],
                 "final_diff_lo": final[1],
                 "final_diff_hi": final[2],
-                f"reached_{algo}": int(group["to_threshold"].notna().sum()),
-                f"reached_{baseline}": int(ref["to_threshold"].notna().sum()),
+                "reached": int(group["to_threshold"].notna().sum()),
+                "reached_base": int(ref["to_threshold"].notna().sum()),
                 "episodes_diff": eps[0],
                 "episodes_diff_lo": eps[1],
                 "episodes_diff_hi": eps[2],
@@ -136,44 +141,46 @@ def phase_table(runs: pd.DataFrame, algo: str = "ppo-gae", baseline: str = "sppo
     return pd.DataFrame(cells)
 
 
-def plot_phase(
-    table: pd.DataFrame, out: Path, title: str, algo: str = "ppo-gae", baseline: str = "sppo"
-) -> Path:
-    """Two heat maps (final-success difference, episodes-to-threshold difference) over lambda x
-    clone strength, cells annotated with the difference, its interval and the run counts."""
+NAMES = {"ppo-gae": "PPO-GAE", "ppo-bce": "PPO-BCE", "sppo": "SPPO"}
+
+
+def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
+    """Two heat maps (final-success difference, episodes-to-threshold difference): rows are
+    (algorithm, lambda), columns the clone's demo noise p (higher: weaker clone); red where the
+    algorithm does worse than SPPO. Cells carry the difference, its interval and run counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lams = sorted(table["lam"].unique())
+    rows = sorted({(a, lam) for a, lam in zip(table["algo"], table["lam"], strict=True)})
     clones = sorted(table["clone"].dropna().unique()) or [np.nan]
-    fig, axes = plt.subplots(1, 2, figsize=(5 + 2.2 * len(clones), 1.6 + 1.1 * len(lams)))
-    panels: Sequence[tuple[str, str, str]] = (
-        ("final_diff", "final success: PPO-GAE - SPPO", "RdBu"),
-        ("episodes_diff", "episodes to threshold: PPO-GAE - SPPO", "RdBu_r"),
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 2.2 * len(clones), 1.6 + 1.0 * len(rows)))
+    panels: Sequence[tuple[str, str, str, int]] = (
+        ("final_diff", "final success minus SPPO's", "RdBu", 2),
+        ("episodes_diff", "episodes to threshold minus SPPO's", "RdBu_r", 0),
     )
-    for ax, (key, label, cmap) in zip(axes, panels, strict=True):
-        grid = np.full((len(lams), len(clones)), np.nan)
-        notes = [["" for _ in clones] for _ in lams]
+    for ax, (key, label, cmap, digits) in zip(axes, panels, strict=True):
+        grid = np.full((len(rows), len(clones)), np.nan)
+        notes = [["" for _ in clones] for _ in rows]
         for _, row in table.iterrows():
-            i = lams.index(row["lam"])
+            i = rows.index((row["algo"], row["lam"]))
             j = 0 if pd.isna(row["clone"]) else clones.index(row["clone"])
             grid[i, j] = row[key]
-            digits = 2 if key == "final_diff" else 0
             notes[i][j] = (
                 f"{row[key]:+.{digits}f}\n[{row[key + '_lo']:+.{digits}f}, "
-                f"{row[key + '_hi']:+.{digits}f}]\nn={row[f'n_{algo}']}/{row[f'n_{baseline}']}"
+                f"{row[key + '_hi']:+.{digits}f}]\nn={row['n']}/{row['n_base']}"
             )
         bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
-        image = ax.imshow(grid, cmap=cmap, vmin=-bound, vmax=bound, aspect="auto")
-        for i in range(len(lams)):
+        image = ax.imshow(grid, cmap=cmap, vmin=-bound or -1, vmax=bound or 1, aspect="auto")
+        for i in range(len(rows)):
             for j in range(len(clones)):
-                ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7)
+                if notes[i][j]:
+                    box = {"facecolor": "white", "alpha": 0.7, "linewidth": 0}
+                    ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, bbox=box)
         ax.set_xticks(range(len(clones)), [f"{c:g}" for c in clones])
-        ax.set_yticks(range(len(lams)), [f"{v:g}" for v in lams])
-        ax.set_xlabel("clone strength")
-        ax.set_ylabel("PPO-GAE lambda")
+        ax.set_yticks(range(len(rows)), [f"{NAMES.get(a, a)} λ={lam:g}" for a, lam in rows])
+        ax.set_xlabel("clone demo noise p (higher: weaker clone)")
         ax.set_title(label, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(title, fontsize=10)

@@ -260,7 +260,9 @@ def draw_phase(
             raise UserError(f"{task}: no PPO-GAE runs with SPPO runs of the same clone strength")
         atomic_write_text(out_dir / f"study_runs_{task}.csv", runs.to_csv(index=False))
         atomic_write_text(out_dir / f"phase_{task}.csv", table.to_csv(index=False))
-        title = f"{task}: PPO-GAE minus SPPO (threshold {level:g}; counts PPO-GAE/SPPO runs)"
+        title = (
+            f"{task}: against SPPO at the same clone (threshold {level:g}; n = runs / SPPO runs)"
+        )
         drawn.append(plot_phase(table, out_dir / f"phase_{task}.png", title))
     return drawn
 
