@@ -3,8 +3,8 @@
 Every finished run of a task is placed by what its stored ``config.yaml`` says (not by its folder
 name): its algorithm, PPO-GAE's effective lambda (the estimator's default where the config does
 not set it), the clone-strength setting ``CLONE_KEY`` and the critic learning rate. A *cell* is
-one (lambda, clone strength) pair; its PPO-GAE runs are compared with the SPPO runs of the same
-clone strength (SPPO has no lambda):
+one (lambda, clone strength, critic lr) triple; its PPO-GAE runs are compared with the SPPO runs
+of the same clone strength and critic learning rate (SPPO has no lambda):
 
 - final success (stochastic evaluation, mean of the last ``final_evals`` evaluation points):
   difference of means, PPO-GAE minus SPPO, with a 95% percentile bootstrap interval (runs of
@@ -103,14 +103,17 @@ def _bootstrap_difference(
 def phase_table(
     runs: pd.DataFrame, algos: tuple[str, ...] = ("ppo-gae", "ppo-bce"), baseline: str = "sppo"
 ) -> pd.DataFrame:
-    """One row per (algo, lam, clone) cell of the ``algos`` runs that has ``baseline`` runs of
-    the same clone strength: run counts, means and the two differences with their intervals
-    (columns ``n``, ``n_base``, ``final``, ``final_base``, ``reached``, ``reached_base``)."""
+    """One row per (algo, lam, clone, critic_lr) cell of the ``algos`` runs that has ``baseline``
+    runs of the same clone strength and critic learning rate: run counts, means and the two
+    differences with their intervals (columns ``n``, ``n_base``, ``final``, ``final_base``,
+    ``reached``, ``reached_base``)."""
     cells = []
     base = runs[runs["algo"] == baseline]
     test = runs[runs["algo"].isin(algos)]
-    for (algo, lam, clone), group in test.groupby(["algo", "lam", "clone"], dropna=False):
-        ref = base[base["clone"].eq(clone) | (base["clone"].isna() & pd.isna(clone))]
+    keys = ["algo", "lam", "clone", "critic_lr"]
+    for (algo, lam, clone, critic_lr), group in test.groupby(keys, dropna=False):
+        same = base["critic_lr"].eq(critic_lr) | (base["critic_lr"].isna() & pd.isna(critic_lr))
+        ref = base[same & (base["clone"].eq(clone) | (base["clone"].isna() & pd.isna(clone)))]
         if ref.empty:
             continue
         x_final, y_final = group["final"].to_numpy(float), ref["final"].to_numpy(float)
@@ -124,6 +127,7 @@ def phase_table(
                 "algo": algo,
                 "lam": lam,
                 "clone": clone,
+                "critic_lr": critic_lr,
                 "n": len(group),
                 "n_base": len(ref),
                 "final": float(x_final.mean()),
@@ -153,7 +157,8 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted({(a, lam) for a, lam in zip(table["algo"], table["lam"], strict=True)})
+    rows = sorted(set(zip(table["algo"], table["lam"], table["critic_lr"], strict=True)))
+    several_lrs = len({r[2] for r in rows}) > 1
     clones = sorted(table["clone"].dropna().unique()) or [np.nan]
     fig, axes = plt.subplots(1, 2, figsize=(5 + 2.2 * len(clones), 1.6 + 1.0 * len(rows)))
     panels: Sequence[tuple[str, str, str, int]] = (
@@ -164,7 +169,7 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
         grid = np.full((len(rows), len(clones)), np.nan)
         notes = [["" for _ in clones] for _ in rows]
         for _, row in table.iterrows():
-            i = rows.index((row["algo"], row["lam"]))
+            i = rows.index((row["algo"], row["lam"], row["critic_lr"]))
             j = 0 if pd.isna(row["clone"]) else clones.index(row["clone"])
             grid[i, j] = row[key]
             notes[i][j] = (
@@ -179,7 +184,11 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
                     box = {"facecolor": "white", "alpha": 0.7, "linewidth": 0}
                     ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, bbox=box)
         ax.set_xticks(range(len(clones)), [f"{c:g}" for c in clones])
-        ax.set_yticks(range(len(rows)), [f"{NAMES.get(a, a)} λ={lam:g}" for a, lam in rows])
+        names = [
+            f"{NAMES.get(a, a)} λ={lam:g}" + (f", critic lr {lr:g}" if several_lrs else "")
+            for a, lam, lr in rows
+        ]
+        ax.set_yticks(range(len(rows)), names)
         ax.set_xlabel("clone demo noise p (higher: weaker clone)")
         ax.set_title(label, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
