@@ -13,7 +13,7 @@ from sppo_bench.cli import main
 BUDGET = 160
 
 
-def _run(root, algo, variant, seed, noise, curve, lam=None):
+def _run(root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3):
     """A finished MountainCar run: evaluation success ``curve`` at episodes 0, 40, 80, ..."""
     folder = root / "control" / "mountaincar" / f"{algo}@{variant}" / f"seed{seed}"
     folder.mkdir(parents=True)
@@ -24,7 +24,7 @@ def _run(root, algo, variant, seed, noise, curve, lam=None):
         "variant": variant,
         "task": "mountaincar",
         "clone": {"demo_noise": noise},
-        "rl": {"episodes": BUDGET, "critic_lr": 1e-3, "estimator_params": params},
+        "rl": {"episodes": BUDGET, "critic_lr": critic_lr, "estimator_params": params},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     rows = [
@@ -45,6 +45,7 @@ def study(tmp_path):
         _run(tmp_path, "ppo-gae", "p0.99-lam0.95", seed, 0.99, [stuck, stuck, late][seed], 0.95)
         _run(tmp_path, "sppo", "p0", seed, 0.0, solved)
     _run(tmp_path, "ppo-gae", "p0-lam0.95", 0, 0.0, solved, 0.95)
+    _run(tmp_path, "sppo", "p0.99-clr1e-5", 0, 0.99, stuck, critic_lr=1e-5)  # its own cells
     return tmp_path
 
 
@@ -73,4 +74,4 @@ def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):
     assert (out / "phase_mountaincar.png").stat().st_size > 20_000
     cells = np.loadtxt(out / "phase_mountaincar.csv", delimiter=",", skiprows=1, usecols=2)
     assert sorted(cells) == [0.95, 0.95, 1.0]
-    assert (out / "study_runs_mountaincar.csv").read_text().count("\n") == 1 + 13
+    assert (out / "study_runs_mountaincar.csv").read_text().count("\n") == 1 + 14
