@@ -75,3 +75,38 @@ def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):
     cells = np.loadtxt(out / "phase_mountaincar.csv", delimiter=",", skiprows=1, usecols=2)
     assert sorted(cells) == [0.95, 0.95, 1.0]
     assert (out / "study_runs_mountaincar.csv").read_text().count("\n") == 1 + 14
+
+
+def test_learning_curves_share_one_time_unit_per_axis(tmp_path, monkeypatch):
+    """A 40 s arm beside a 200 s arm: both drawn in minutes (the axis's unit), not 40 "min"."""
+    import matplotlib.figure
+
+    from sppo_bench.analysis.figures import plot_learning_curves
+    from sppo_bench.analysis.runs import discover_runs
+
+    for algo, seconds_per_eval in (("sppo", 50.0), ("ppo-gae", 10.0)):
+        folder = tmp_path / "control" / "mountaincar" / algo / "seed0"
+        folder.mkdir(parents=True)
+        rows = [
+            {
+                "update": u,
+                "episodes": 40 * u,
+                "wall_time": seconds_per_eval * u,
+                "eval/success_stochastic": u / 4,
+            }
+            for u in range(5)
+        ]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "done").write_text("{}")
+    figures, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure,
+        "savefig",
+        lambda fig, *a, **k: figures.append(fig) or save(fig, *a, **k),
+    )
+    plot_learning_curves(discover_runs(tmp_path), tmp_path / "curves.png")
+    wall_axis = figures[0].axes[1]
+    ends = sorted(
+        max(line.get_xdata()) for line in wall_axis.get_lines() if len(line.get_xdata()) > 2
+    )
+    assert ends == pytest.approx([40 / 60, 200 / 60]) and "min" in wall_axis.get_xlabel()

@@ -128,19 +128,19 @@ def plot_learning_curves(
     for col, task in enumerate(tasks):
         for row, xkey in enumerate(("episodes", "wall_time")):
             ax = axes[row, col]
-            max_x = 0.0
+            arms = {}
             for algo in sorted(by_task[task]):
                 curves = [r.eval_curve(metric) for r in by_task[task][algo]]
                 curves = [c for c in curves if len(c) >= 2]
-                if not curves:
-                    continue
-                end = min(float(c[xkey].iloc[-1]) for c in curves)
-                max_x = max(max_x, end)
+                if curves:
+                    arms[algo] = (curves, min(float(c[xkey].iloc[-1]) for c in curves))
+            max_x = max((end for _, end in arms.values()), default=0.0)
+            scale = _time_unit(max_x)[0] if xkey == "wall_time" else 1.0  # one unit per axis
+            for algo, (curves, end) in arms.items():
                 grid = np.linspace(0.0, end, grid_points)
                 ys = np.stack([np.interp(grid, c[xkey], c["success"]) for c in curves])
                 mean, lo, hi = mean_ci_over_runs(ys)
                 color = algo_color(algo)
-                scale = _time_unit(end)[0] if xkey == "wall_time" else 1.0
                 ax.plot(
                     grid / scale,
                     mean,
