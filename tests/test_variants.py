@@ -1,6 +1,7 @@
 """Settings variants: run folders, stage ownership, profiles, the suite, reports, and the
 estimator-parameter aliases they are written with."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,7 @@ def test_a_variant_never_reuses_a_clone_made_with_other_settings(tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["clone"]["demo_noise"] == 0.5
     run = train_run("cartpole", "sppo", 0, tmp_path, 4, [*tiny, *rl], False, variant=noisy)
     assert run == tmp_path / "control/cartpole/sppo@noisy/seed0" and (run / "done").is_file()
+    assert json.loads((run / "done").read_text())["variant"] == "noisy"
     assert yaml.safe_load((run / "config.yaml").read_text())["variant"] == "noisy"
     other = Variant("noisy", ("clone.demo_noise=0.9",))
     with pytest.raises(UserError, match="clone@noisy' was built with other clone settings"):

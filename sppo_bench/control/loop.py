@@ -50,6 +50,7 @@ from sppo_bench.control.stack import (
 )
 from sppo_bench.control.tasks import get_task
 from sppo_bench.control.update import RESULT_KEYS, BatchTensors, Learner, critic_values, ppo_update
+from sppo_bench.control.variants import split_folder
 from sppo_bench.core import get_estimator
 from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import DivergedError, UserError
@@ -358,9 +359,11 @@ class Trainer:
     def summary(self, k: int) -> dict[str, Any]:
         """Seed ``k``'s ``done`` summary: counters and first / last evaluation."""
         evals = [r for r in self.metrics[k].rows() if "eval/success_stochastic" in r]
+        _, variant = split_folder(self.run_dirs[k].parent.name)
         return {
             "task": self.spec.task,
             "algo": self.algo,
+            **({"variant": variant} if variant else {}),
             "seed": self.seeds[k],
             **self.counters(k),
             "final/success_deterministic": evals[-1]["eval/success_deterministic"],
