@@ -6,7 +6,7 @@ the clone's stochastic and deterministic success on its evaluation start states 
 RL run starts from). The experts are trained once (or reused) in ``<runs-dir>/control/<task>/
 expert``; each seed's clones go to ``<runs-dir>/clone-seed<k>/`` with a link to that expert.
 
-    python bench/clone_strength.py --runs-dir /work/sci-runs \\
+    python bench/clone_strength.py --runs-dir runs/clone-strength \\
         --out results/control/clone_strength.csv
 """
 

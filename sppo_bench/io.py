@@ -242,8 +242,18 @@ def divergence_marker(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except DivergedError as err:
-        atomic_write_text(Path(run_dir) / DIVERGED, f"{err}\n")
+        mark_diverged(run_dir, err)
         raise
+    clear_diverged(run_dir)
+
+
+def mark_diverged(run_dir: Path, err: DivergedError) -> None:
+    """``<run_dir>/diverged`` holding the error's message (reports list such runs)."""
+    atomic_write_text(Path(run_dir) / DIVERGED, f"{err}\n")
+
+
+def clear_diverged(run_dir: Path) -> None:
+    """Remove a stale ``diverged`` marker: the run got through."""
     (Path(run_dir) / DIVERGED).unlink(missing_ok=True)
 
 

@@ -54,7 +54,7 @@ from sppo_bench.control.variants import split_folder
 from sppo_bench.core import get_estimator
 from sppo_bench.core.ppo import step_generator
 from sppo_bench.errors import DivergedError, UserError
-from sppo_bench.io import DIVERGED, atomic_write_bytes, atomic_write_text
+from sppo_bench.io import atomic_write_bytes, mark_diverged
 from sppo_bench.rundir import RunDir
 
 ROLLOUT_STREAM, EVAL_STREAM, SHUFFLE_STREAM = 0, 1, 2
@@ -317,7 +317,7 @@ class Trainer:
                     self._diverge(k, err)
 
     def _diverge(self, k: int, err: DivergedError) -> None:
-        atomic_write_text(self.run_dirs[k] / DIVERGED, f"{err}\n")
+        mark_diverged(self.run_dirs[k], err)
         self.diverged.append(self.seeds[k])
 
     def run(self, num_updates: int, progress: bool) -> list[dict[str, Any]]:

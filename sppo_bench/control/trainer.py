@@ -35,7 +35,7 @@ from sppo_bench.control.update import compute_autocast
 from sppo_bench.control.variants import Variant, all_overrides, folder_name
 from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.errors import DivergedError, UserError
-from sppo_bench.io import DIVERGED, RunLock
+from sppo_bench.io import RunLock, clear_diverged
 from sppo_bench.rundir import RunDir
 
 
@@ -191,7 +191,7 @@ def train_seeds(
                 trainer.close()
             for (_, run, _, _), summary in zip(group, summaries, strict=False):
                 run.mark_done(summary)
-                (run.path / DIVERGED).unlink(missing_ok=True)
+                clear_diverged(run.path)
             diverged += trainer.diverged
             todo = [r for r in todo if not r[1].done and r[0] not in diverged]
     if diverged:
