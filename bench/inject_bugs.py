@@ -47,8 +47,8 @@ BUGS = (
     Bug(
         "control-advantage-sign",
         "sppo_bench/control/update.py",
-        r"advantages = torch\.stack\(\[o\.advantages\.detach\(\) for o in outs\]\)",
-        "advantages = -torch.stack([o.advantages.detach() for o in outs])",
+        r"advantages\.append\(out\.advantages\.detach\(\)\)",
+        "advantages.append(-out.advantages.detach())",
         CONTROL_TESTS,
     ),
     Bug(

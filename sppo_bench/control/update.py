@@ -39,7 +39,6 @@ from sppo_bench.control.spec import RLConfig
 from sppo_bench.control.stack import StackedPolicy, StackedValueNet
 from sppo_bench.core import (
     AdvantageInput,
-    AdvantageOutput,
     CriticStrategy,
     EstimatorSpec,
     compute_advantages,
@@ -144,46 +143,40 @@ def _advantages(
     data: BatchTensors,
     old_critic: Tensor | None,
     strategy: CriticStrategy | None,
-) -> list[AdvantageOutput]:
-    """Each seed's estimator output. Estimators whose rows depend only on their own row and
-    group get all seeds' rows in one call (group ids made distinct per seed): exactly the same
-    numbers, one call instead of S (GAE's loop over time steps is the costly part)."""
-    seeds, rows = data.seeds, data.obs.shape[1]
+) -> tuple[Tensor, Tensor | None]:
+    """Every seed's advantages ``[S, B, T]`` and critic targets (``[S, B(, T)]`` or None).
+    Estimators whose rows depend only on their own row and group get all seeds' rows in one call
+    (group ids made distinct per seed): exactly the same numbers, one call instead of S (GAE's
+    loop over time steps is the costly part); ``batch_wide`` ones get one call per seed."""
+    seeds = data.seeds
+    parts = [slice(s, s + 1) for s in range(seeds)] if estimator.batch_wide else [slice(0, seeds)]
 
-    def flat(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x.flatten(0, 1)
+    def flat(x: Tensor | None, part: slice) -> Tensor | None:
+        return None if x is None else x[part].flatten(0, 1)
 
-    if estimator.batch_wide:
-        parts = [slice(s, s + 1) for s in range(seeds)]
-    else:
-        parts = [slice(0, seeds)]
-    outs: list[AdvantageOutput] = []
+    advantages, targets = [], []
     for part in parts:
-        n = part.stop - part.start
         groups = data.group_ids
         if groups is not None:
-            offset = (torch.arange(part.start, part.stop) * (int(groups.max()) + 1)).unsqueeze(1)
-            groups = groups[part] + offset
+            per_seed = torch.arange(seeds).unsqueeze(1) * (int(groups.max()) + 1)
+            groups = groups + per_seed
         inputs = AdvantageInput(
-            rewards=flat(data.rewards[part]),
-            mask=flat(data.mask[part]),
-            terminated=torch.ones(n * rows, dtype=torch.bool),
-            group_ids=flat(groups),
-            baseline_rewards=None
-            if data.baseline_rewards is None
-            else flat(data.baseline_rewards[part]),
-            **(strategy.advantage_inputs(flat(old_critic[part])) if strategy else {}),
+            rewards=flat(data.rewards, part),
+            mask=flat(data.mask, part),
+            terminated=torch.ones((part.stop - part.start) * data.obs.shape[1], dtype=torch.bool),
+            group_ids=flat(groups, part),
+            baseline_rewards=flat(data.baseline_rewards, part),
+            **(strategy.advantage_inputs(flat(old_critic, part)) if strategy else {}),
         )
         out = compute_advantages(estimator.name, inputs, **params)
-        for s in range(n):
-            mine = slice(s * rows, (s + 1) * rows)
-            outs.append(
-                AdvantageOutput(
-                    out.advantages[mine],
-                    value_targets=None if out.value_targets is None else out.value_targets[mine],
-                )
-            )
-    return outs
+        advantages.append(out.advantages.detach())
+        targets.append(out.value_targets)
+    n_rows = data.obs.shape[1]
+    stacked = torch.cat(advantages).reshape(seeds, n_rows, -1)
+    if targets[0] is None:
+        return stacked, None
+    joined = torch.cat(targets)
+    return stacked, joined.reshape(seeds, n_rows, *joined.shape[1:])
 
 
 def ppo_update(
@@ -222,15 +215,13 @@ def ppo_update(
             old_critic = torch.cat([critic_forward(data.obs[:, r]) for r in passes], 1)
 
     params = estimator.configured_params(cfg.estimator_params)
-    outs = _advantages(estimator, params, data, old_critic, strategy)
-    advantages = torch.stack([o.advantages.detach() for o in outs])
+    advantages, targets = _advantages(estimator, params, data, old_critic, strategy)
 
     settings = cfg.settings(micro_batch_rows=micro)
     per_seed = [minibatch_schedule(n_rows, cfg.epochs, cfg.mini_batch_size, g) for g in generators]
     schedule = [torch.stack(steps) for steps in zip(*per_seed, strict=True)]  # [S, m] each
     result: dict[str, list[float | None]] = {k: [None] * data.seeds for k in RESULT_KEYS}
     if strategy is not None and learner.critic_opt is not None:
-        targets = torch.stack([o.value_targets for o in outs])
         result.update(
             stacked_critic_phase(
                 lambda rows: critic_forward(_rows(data.obs, rows)),
@@ -261,7 +252,7 @@ def ppo_update(
     rows = [{k: v[s] for k, v in result.items()} for s in seeds]
     if strategy is not None:
         for s in seeds:
-            rows[s].update(strategy.diagnostics(old_critic[s], outs[s].value_targets, data.mask[s]))
+            rows[s].update(strategy.diagnostics(old_critic[s], targets[s], data.mask[s]))
     return rows
 
 
