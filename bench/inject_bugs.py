@@ -102,6 +102,13 @@ BUGS = (
         STACK_TESTS,
     ),
     Bug(
+        "stack-pools-batch-mean",  # REINFORCE's batch-mean baseline taken over all seeds
+        "sppo_bench/core/advantages.py",
+        r'@register\("reinforce", batch_wide=True\)',
+        '@register("reinforce")',
+        STACK_TESTS,
+    ),
+    Bug(
         "llm-estimator-params-dropped",
         "sppo_bench/llm/trainer.py",
         r"\*\*self\.spec\.configured_params\(cfg\.algo\.estimator_params\),",

@@ -147,6 +147,7 @@ def test_gradients_are_clipped_per_seed():
         ("cartpole", "ppo-gae", 16),
         ("cartpole", "remax", 16),
         ("mountaincar", "grpo", 16),
+        ("pendulum", "reinforce", 4),  # a batch-mean baseline: must not pool seeds' episodes
         # Continuous actions carry the matmuls' rounding (~1e-8) into the physics, and an
         # untrained Pendulum policy is chaotic: perturbing the clone's weights by 1e-7 alone
         # flips evaluation successes and changes the losses by update 2. One update, and its
