@@ -20,6 +20,17 @@ LAM = Variant("lam0.95", ("rl.estimator_params.ppo-gae.lam=0.95",), ("ppo-gae",)
 NOISY = Variant("noisy", ("clone.demo_noise=0.5",))
 
 
+def test_a_variant_restricted_to_tasks_runs_only_there(tmp_path):
+    text = PROFILE.replace("algos: [ppo-gae]}", "algos: [ppo-gae], tasks: [mountaincar]}").replace(
+        "cartpole: {episodes: 128, eval_every: 1}",
+        "cartpole: {episodes: 128, eval_every: 1}\n  mountaincar: {episodes: 16, eval_every: 1}",
+    )
+    runs = {str(s).rsplit("/", 1)[0] for s in plan_runs(_profile(tmp_path, text))}
+    assert "mountaincar/ppo-gae@lam0.9" in runs
+    assert "cartpole/ppo-gae@lam0.9" not in runs
+    assert {"cartpole/sppo@noisy", "mountaincar/sppo@noisy", "cartpole/ppo-gae"} <= runs
+
+
 def test_run_folders_carry_the_variant_and_plain_runs_keep_their_path(tmp_path):
     assert (
         run_dir_for(tmp_path, "cartpole", "gae", 3) == tmp_path / "control/cartpole/ppo-gae/seed3"
@@ -109,6 +120,10 @@ def test_profile_variants_cross_with_algos_and_seeds(tmp_path):
         ),
         (lambda: _profile(tmp_path, PROFILE.replace("noisy:", "x@y:")), "variant name 'x@y'"),
         (lambda: _profile(tmp_path, PROFILE.replace("algos: [ppo-gae]}", "als: [a]}")), "'als'"),
+        (
+            lambda: _profile(tmp_path, PROFILE.replace("algos: [ppo-gae]}", "tasks: [hopper]}")),
+            "variant 'lam0.9': task 'hopper' is not one of the profile's tasks",
+        ),
     ]
     for call, message in errors:
         with pytest.raises(UserError, match=message) as err:

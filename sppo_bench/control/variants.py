@@ -45,11 +45,13 @@ def sections(overrides: Sequence[str]) -> set[str]:
 
 @dataclass(frozen=True)
 class Variant:
-    """A named set of spec overrides; ``algos``: the run names it applies to (None = all)."""
+    """A named set of spec overrides; ``algos`` / ``tasks``: the run names and tasks it applies
+    to (None = all)."""
 
     name: str
     overrides: tuple[str, ...] = ()
     algos: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -57,7 +59,10 @@ class Variant:
         if bad:
             raise UserError(f"variant {self.name!r}: override {bad[0]!r} is not KEY=VALUE")
 
-    def applies_to(self, algo: str) -> bool:
+    def applies_to(self, algo: str, task: str | None = None) -> bool:
+        """True where the variant runs for ``algo`` (and ``task``, where given)."""
+        if task is not None and self.tasks is not None and task not in self.tasks:
+            return False
         return self.algos is None or algo in self.algos
 
     def owns_stage(self, stage: str) -> bool:

@@ -7,6 +7,7 @@ variants, each crossed with the profile's tasks x algorithms x seeds::
     variants:
       lr1e-4: [rl.critic_lr=1e-4]                                   # every algorithm
       lam0.95: {set: [rl.estimator_params.gae.lam=0.95], algos: [ppo-gae]}
+      weak: {set: [clone.demo_noise=0.75], tasks: [lunarlander]}   # only these tasks
     base: [sppo]     # algorithms that also run without a variant (default: all; false: none)
 
 A variant's runs live in ``<algo>@<variant>/`` (``sppo_bench.control.variants``). ``run_suite``
@@ -163,39 +164,53 @@ def load_profile(name_or_path: str) -> Profile:
         base_algos = tuple(get_estimator(str(a)).run_name for a in base)
     else:
         raise UserError(f"profile key 'base' must be true, false or a list of algos, got {base!r}")
+    variants = _load_variants(data.get("variants") or {}, str(path))
+    for variant in variants.values():
+        stray = [t for t in variant.tasks or () if t not in tasks]
+        if stray:
+            raise UserError(
+                f"profile variant {variant.name!r}: task {stray[0]!r} is not one of the "
+                f"profile's tasks ({', '.join(tasks)})"
+            )
     return Profile(
         name=path.stem,
         description=str(data.get("description", "")),
         algos=algos,
         seeds=_positive_int(data.get("seeds"), "seeds"),
         tasks=tasks,
-        variants=_load_variants(data.get("variants") or {}, str(path)),
+        variants=variants,
         base=base_algos,
     )
 
 
 def _load_variants(data: Any, where: str) -> dict[str, Variant]:
     """``variants:`` of a profile: ``name: [KEY=VALUE, ...]`` or ``name: {set: [...], algos:
-    [...]}``; one-line errors for anything else."""
+    [...], tasks: [...]}``; one-line errors for anything else."""
     if not isinstance(data, dict):
         raise UserError(f"profile {where!r}: 'variants' must map names to lists of KEY=VALUE")
     variants = {}
     for name, body in data.items():
         name = check_name(str(name))
-        algos = None
+        algos = tasks = None
         if isinstance(body, dict):
-            unknown = sorted(set(body) - {"set", "algos"})
+            unknown = sorted(set(body) - {"set", "algos", "tasks"})
             if unknown:
                 raise UserError(
-                    f"profile variant {name!r}: unknown key {unknown[0]!r}; valid: algos, set"
+                    f"profile variant {name!r}: unknown key {unknown[0]!r}; "
+                    "valid: algos, set, tasks"
                 )
             algos = (
                 tuple(validate_algos(list(body.get("algos") or ()))) if "algos" in body else None
             )
+            if "tasks" in body:
+                tasks = body["tasks"]
+                if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+                    raise UserError(f"profile variant {name!r}: 'tasks' must be a list of names")
+                tasks = tuple(tasks)
             body = body.get("set") or []
         if not isinstance(body, list) or not all(isinstance(o, str) for o in body):
             raise UserError(f"profile variant {name!r} must be a list of KEY=VALUE strings")
-        variants[name] = Variant(name, tuple(body), algos)
+        variants[name] = Variant(name, tuple(body), algos, tasks)
     return variants
 
 
@@ -265,7 +280,7 @@ def plan_runs(
         budget = profile.tasks[task]
         overrides = (f"{EVAL_EVERY_KEY}={budget.eval_every}", *budget.overrides)
         for algo in algos:
-            arms: list[Variant | None] = [v for v in chosen if v.applies_to(algo)]
+            arms: list[Variant | None] = [v for v in chosen if v.applies_to(algo, task)]
             if with_base and (profile.base is None or algo in profile.base):
                 arms.insert(0, None)
             for variant in arms:
