@@ -142,9 +142,13 @@ def _micro_batches(mini: Tensor, size: int | None) -> Sequence[Tensor]:
     return [mini] if size is None else mini.split(size, dim=1)
 
 
-def _counts(mask: Tensor) -> tuple[float, float]:
-    """(tokens, non-empty sequences) of a ``[b, T]`` mask."""
-    return float(mask.sum()), float((mask.sum(dim=1) > 0).sum())
+def _counts(mask: Tensor, mini: Tensor) -> list[tuple[float, float]]:
+    """Per seed s: (tokens, non-empty sequences) of ``mask[s, mini[s]]``; ``mask`` ``[S, B, T]``,
+    ``mini`` ``[S, m]``. One host sync for all seeds."""
+    rows = mask[torch.arange(mask.shape[0], device=mask.device)[:, None], mini]  # [S, m, T]
+    per_row = rows.sum(dim=-1)
+    both = torch.stack([per_row.sum(dim=-1), (per_row > 0).sum(dim=-1).to(per_row.dtype)], dim=1)
+    return [(float(t), float(q)) for t, q in both.tolist()]
 
 
 def clip_grad_norm_per_seed(params: list[nn.Parameter], max_norm: float, seeds: int) -> Tensor:
@@ -270,12 +274,12 @@ def stacked_policy_phase(
     stats = {k: [[] for _ in seeds] for k in POLICY_METRICS}
     optimizer.zero_grad(set_to_none=True)
     for mini in schedule:
-        counts = [_counts(mask[s, mini[s]]) for s in seeds]
+        counts = _counts(mask, mini)
         sums = np.zeros((4, len(seeds)))  # loss, entropy, kl * tokens, clipfrac * tokens
         for rows in _micro_batches(mini, cfg.micro_batch_rows):
             log_probs, entropy = forward(rows)
             t = log_probs.shape[-1]
-            losses = []
+            losses, metrics = [], []
             for s in seeds:
                 m = mask[s, rows[s], :t].to(old_log_probs.dtype)
                 tokens, seqs = counts[s]
@@ -293,14 +297,11 @@ def stacked_policy_phase(
                 entropy_term = aggregate(entropy[s], m, cfg.aggregation, tokens, seqs)
                 loss = out.loss - cfg.entropy_coef * entropy_term if cfg.entropy_coef else out.loss
                 losses.append(loss)
-                n = float(m.sum())
-                sums[:, s] += (
-                    out.loss.detach().item(),
-                    entropy_term.detach().item(),
-                    float(out.approx_kl) * n,
-                    float(out.clip_fraction) * n,
-                )
+                n = m.sum()
+                parts = (out.loss, entropy_term, out.approx_kl * n, out.clip_fraction * n)
+                metrics.append(torch.stack([x.detach().float() for x in parts]))
             _sum(losses).backward()
+            sums += torch.stack(metrics, dim=1).double().cpu().numpy()  # one sync per micro-batch
         norms = _step(params, optimizer, cfg.max_grad_norm, stacked)
         for s in seeds:
             tokens = max(counts[s][0], 1.0)
@@ -331,7 +332,7 @@ def stacked_critic_phase(
     stats = {k: [[] for _ in seeds] for k in CRITIC_METRICS}
     optimizer.zero_grad(set_to_none=True)
     for mini in schedule:
-        counts = [_counts(mask[s, mini[s]]) for s in seeds]
+        counts = _counts(mask, mini)
         sums = np.zeros(len(seeds))
         for rows in _micro_batches(mini, cfg.micro_batch_rows):
             output = forward(rows)
@@ -351,8 +352,8 @@ def stacked_critic_phase(
                     row_share=rows.shape[1] / mini.shape[1],
                 )
                 losses.append(loss)
-                sums[s] += loss.detach().item()
             _sum(losses).backward()
+            sums += torch.stack(losses).detach().double().cpu().numpy()  # one sync per micro-batch
         norms = _step(params, optimizer, cfg.max_grad_norm, stacked)
         for s in seeds:
             stats["losses/value_grad_norm"][s].append(norms[s])
