@@ -109,6 +109,20 @@ BUGS = (
         STACK_TESTS,
     ),
     Bug(
+        "ppo-bce-target-flipped",  # the per-step BCE critic fitted to 1 - R
+        "sppo_bench/core/critics.py",
+        r"output, targets\.to\(output\.dtype\), reduction",
+        "output, 1 - targets.to(output.dtype), reduction",
+        CONTROL_TESTS,
+    ),
+    Bug(
+        "variant-clone-reused",  # a variant that changes clone.* shares the plain clone
+        "sppo_bench/control/variants.py",
+        r'"clone": \("expert", "policy", "clone"\)',
+        '"clone": ("expert", "policy")',
+        ("tests/test_variants.py",),
+    ),
+    Bug(
         "llm-estimator-params-dropped",
         "sppo_bench/llm/trainer.py",
         r"\*\*self\.spec\.configured_params\(cfg\.algo\.estimator_params\),",
