@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from synthetic_runs import write_run, write_suite
 
 from sppo_bench.analysis.report import build_report
@@ -28,6 +29,32 @@ def test_report_numbers(synthetic_runs_dir):
     assert agg.loc["sppo", "n_runs"] == 10 and agg.loc["sppo", "iqm"] > agg.loc["ppo-gae", "iqm"]
     with_partial = build_report(synthetic_runs_dir, include_unfinished=True)
     assert with_partial.runs.shape[0] == 21
+
+
+def test_cloned_policy_column_is_per_arm_where_arms_start_from_different_clones(tmp_path):
+    """The start column averages update-0 success only over arms of one clone; a clone-strength
+    variant (its own clone settings in config.yaml) gets its start in its own cell."""
+
+    def write(algo: str, noise: float) -> None:
+        for seed in range(2):
+            run = write_run(tmp_path, "cartpole", algo, seed, budget=256)
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config.update(policy={"hidden": [64, 64]}, clone={"epochs": 4, "demo_noise": noise})
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    write("sppo", 0.0)
+    write("ppo-gae", 0.0)
+    one_clone = build_report(tmp_path)
+    row = next(line for line in one_clone.markdown.splitlines() if line.startswith("| Precision"))
+    starts = one_clone.summary[one_clone.summary.task == "cartpole"]["initial_success"]
+    assert row.split(" | ")[1] == f"{starts.mean():.2f}" and "; start" not in row
+    write("sppo@weak", 0.9)
+    mixed = build_report(tmp_path)
+    row = next(line for line in mixed.markdown.splitlines() if line.startswith("| Precision"))
+    assert row.split(" | ")[1] == "per arm"
+    weak = mixed.summary[(mixed.summary.label == "sppo@weak")].iloc[0]
+    assert f"start {weak.initial_success:.2f})" in row
+    assert row.count("; start ") == 3
 
 
 def test_suite_report_cli_writes_tables(synthetic_runs_dir, tmp_path, capsys):

@@ -97,6 +97,7 @@ def build_report(
                     "ci_hi": est.hi,
                     "mean": float(scores.mean()),
                     "initial_success": float(cell["initial_success"].mean()),
+                    "clone": cell["clone"].iloc[0],
                     "episodes_to_threshold_median": median_episodes_to_threshold(eps),
                     "reached_threshold": int(np.sum(~np.isnan(eps))),
                 }
@@ -174,22 +175,27 @@ def _markdown(
         "",
         f"Final success = {metric} evaluation success averaged over the last {final_evals} "
         "evaluation points of each run. Cells: IQM over seeds [95% stratified bootstrap CI, "
-        f"{BOOTSTRAP_REPS} resamples] (n runs). Cloned policy = mean success at update 0.",
+        f"{BOOTSTRAP_REPS} resamples] (n runs). Cloned policy = mean success at update 0; "
+        "where a task's arms start from different clones (a clone-strength variant), each "
+        "cell gives its own start.",
         "",
         header,
         rule,
     ]
     for task in tasks:
-        parts, initial = [], []
-        for algo in algos:
-            c = cell(task, algo)
+        cells = [cell(task, algo) for algo in algos]
+        found = [c for c in cells if c is not None]
+        per_arm = len({c["clone"] for c in found}) > 1
+        parts = []
+        for c in cells:
             if c is None:
                 parts.append("-")
                 continue
-            initial.append(c["initial_success"])
             est = Estimate(c["iqm"], c["ci_lo"], c["ci_hi"])
-            parts.append(f"{est.format()} (n={int(c['n_runs'])})")
-        lines.append(f"| {task_title(task)} | {np.mean(initial):.2f} | " + " | ".join(parts) + " |")
+            start = f"; start {c['initial_success']:.2f}" if per_arm else ""
+            parts.append(f"{est.format()} (n={int(c['n_runs'])}{start})")
+        first = "per arm" if per_arm else f"{np.mean([c['initial_success'] for c in found]):.2f}"
+        lines.append(f"| {task_title(task)} | {first} | " + " | ".join(parts) + " |")
     agg = []
     for algo in algos:
         c = cell(AGGREGATE, algo)

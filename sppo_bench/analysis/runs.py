@@ -17,6 +17,8 @@ not runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sppo_bench.analysis.stats import episodes_to_threshold
-from sppo_bench.control.variants import folder_name, split_folder
+from sppo_bench.control.variants import STAGE_SECTIONS, folder_name, split_folder
 from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import LOSS_METRICS
 from sppo_bench.errors import UserError
@@ -55,6 +57,9 @@ COMPACT_COLUMNS = (
 )
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 _VALUES_FILE = re.compile(r"^update_(\d+)\.npz$")
+
+
+CLONE_SECTIONS = STAGE_SECTIONS["clone"]  # the settings a cloned policy is built from
 
 
 def metric_key(metric: str) -> str:
@@ -88,6 +93,18 @@ class Run:
         """The message of the ``DivergedError`` that stopped the run, or None."""
         marker = self.path / "diverged"
         return marker.read_text().strip() if marker.is_file() else None
+
+    @cached_property
+    def clone(self) -> str:
+        """Which cloned policy the run started from: a 10-digit hash of its stored ``expert``,
+        ``policy`` and ``clone`` settings ("" where the config stores none), equal for runs
+        that share a clone stage."""
+        config = RunDir(self.path).stored_config() or {}
+        stages = {k: config[k] for k in CLONE_SECTIONS if k in config}
+        if not stages:
+            return ""
+        text = json.dumps(stages, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
@@ -229,6 +246,7 @@ def runs_table(
                 "env_steps": float(last["env_steps"]) if last is not None else 0.0,
                 "wall_time_s": float(last["wall_time"]) if last is not None else 0.0,
                 "eval_points": len(curve),
+                "clone": run.clone,
                 "initial_success": float(curve["success"].iloc[0]) if len(curve) else np.nan,
                 "final_success": run.final_success(metric, final_evals),
                 "episodes_to_threshold": episodes_to_threshold(
