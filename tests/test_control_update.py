@@ -219,6 +219,22 @@ def _critic_loss(critic: ValueNet, algo: str, data: BatchTensors, targets) -> fl
         return float(0.5 * (err * data.mask).sum() / data.mask.sum())
 
 
+def test_policy_metrics_are_the_first_steps_loss_and_entropy():
+    """One epoch, one mini-batch: the ratio is 1, so the logged policy loss is -token-mean(A),
+    the entropy the policy's token-mean entropy before the step, approx_kl and clipfrac 0."""
+    data, policy = _batch(), _linear_policy()
+    w, b = policy.net[0].weight.detach().double(), policy.net[0].bias.detach().double()
+    p = torch.softmax(data.obs.double() @ w.T + b, dim=-1)
+    entropy = -(p * p.log()).sum(-1)
+    m = data.mask.double()
+    adv = _reinforce_advantage(SUCCESS)
+    stats = _run_update(policy, _cfg(), "reinforce", data, 0.3)
+    assert stats["losses/policy"] == pytest.approx(float(-(adv * m).sum() / m.sum()), abs=1e-6)
+    assert stats["losses/entropy"] == pytest.approx(float((entropy * m).sum() / m.sum()), abs=1e-6)
+    assert stats["losses/approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["losses/clipfrac"] == 0.0
+
+
 @pytest.mark.parametrize("algo", ["sppo", "ppo-gae", "ppo-bce"])
 def test_critic_step_lowers_its_loss(algo):
     data, policy = _batch(), _linear_policy()

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sppo_bench.analysis.stats import episodes_to_threshold
+from sppo_bench.control.spec import upgrade_stored_spec
 from sppo_bench.control.variants import STAGE_SECTIONS, folder_name, split_folder
 from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import LOSS_METRICS
@@ -95,12 +96,16 @@ class Run:
         return marker.read_text().strip() if marker.is_file() else None
 
     @cached_property
+    def config(self) -> dict:
+        """The stored ``config.yaml`` with older keys as today's (``{}`` where there is none)."""
+        return RunDir(self.path).stored_config(upgrade_stored_spec) or {}
+
+    @cached_property
     def clone(self) -> str:
         """Which cloned policy the run started from: a 10-digit hash of its stored ``expert``,
         ``policy`` and ``clone`` settings ("" where the config stores none), equal for runs
         that share a clone stage."""
-        config = RunDir(self.path).stored_config() or {}
-        stages = {k: config[k] for k in CLONE_SECTIONS if k in config}
+        stages = {k: self.config[k] for k in CLONE_SECTIONS if k in self.config}
         if not stages:
             return ""
         text = json.dumps(stages, sort_keys=True, default=str)

@@ -28,10 +28,8 @@ import pandas as pd
 
 from sppo_bench.analysis.runs import DEFAULT_FINAL_EVALS, discover_runs
 from sppo_bench.analysis.stats import episodes_to_threshold
-from sppo_bench.control.trainer import upgrade_stored_config
 from sppo_bench.core import get_estimator
 from sppo_bench.errors import UserError
-from sppo_bench.rundir import RunDir
 
 CLONE_KEY = "clone.demo_noise"  # the clone-strength knob (envs/*.yaml)
 LAMBDA = "lam"
@@ -58,7 +56,7 @@ def study_runs(
     reached) and the run's episode budget."""
     rows = []
     for run in discover_runs(runs_dir, [task], finished_only=True):
-        config = RunDir(run.path).stored_config(upgrade_stored_config) or {}
+        config = run.config
         estimator = get_estimator(str(config.get("algo", run.algo)))
         rl = config.get("rl", {})
         lam = np.nan
@@ -100,6 +98,11 @@ def _bootstrap_difference(
     return point, float(lo), float(hi)
 
 
+def _equal(column: pd.Series, value: object) -> pd.Series:
+    """``column == value``, with NaN equal to NaN (a setting the configs do not hold)."""
+    return column.eq(value) | (column.isna() & pd.isna(value))
+
+
 def phase_table(
     runs: pd.DataFrame, algos: tuple[str, ...] = ("ppo-gae", "ppo-bce"), baseline: str = "sppo"
 ) -> pd.DataFrame:
@@ -112,8 +115,7 @@ def phase_table(
     test = runs[runs["algo"].isin(algos)]
     keys = ["algo", "lam", "clone", "critic_lr"]
     for (algo, lam, clone, critic_lr), group in test.groupby(keys, dropna=False):
-        same = base["critic_lr"].eq(critic_lr) | (base["critic_lr"].isna() & pd.isna(critic_lr))
-        ref = base[same & (base["clone"].eq(clone) | (base["clone"].isna() & pd.isna(clone)))]
+        ref = base[_equal(base["clone"], clone) & _equal(base["critic_lr"], critic_lr)]
         if ref.empty:
             continue
         x_final, y_final = group["final"].to_numpy(float), ref["final"].to_numpy(float)

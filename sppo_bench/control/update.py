@@ -154,12 +154,11 @@ def _advantages(
     def flat(x: Tensor | None, part: slice) -> Tensor | None:
         return None if x is None else x[part].flatten(0, 1)
 
+    groups = data.group_ids
+    if groups is not None:  # distinct ids per seed
+        groups = groups + torch.arange(seeds).unsqueeze(1) * (int(groups.max()) + 1)
     advantages, targets = [], []
     for part in parts:
-        groups = data.group_ids
-        if groups is not None:
-            per_seed = torch.arange(seeds).unsqueeze(1) * (int(groups.max()) + 1)
-            groups = groups + per_seed
         inputs = AdvantageInput(
             rewards=flat(data.rewards, part),
             mask=flat(data.mask, part),
