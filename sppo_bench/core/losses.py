@@ -130,13 +130,24 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
+EV_REL_TOL = 1e-6  # relative std below which a target counts as constant
+
+
 def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
-    """1 - Var[target - predicted] / Var[target] over masked entries; nan if Var[target] = 0."""
+    """1 - Var[target - predicted] / Var[target] over masked entries.
+
+    Undefined (nan) when the target does not vary: when its standard deviation is at most
+    ``EV_REL_TOL`` times its root mean square. The tolerance is relative, so targets that are
+    constant up to float32 rounding (std ~ 1e-8 x RMS) count as constant on every machine,
+    instead of producing a huge, rounding-dependent ratio.
+    """
     if mask is not None:
         keep = mask.to(torch.bool)
         predicted, target = predicted[keep], target[keep]
     predicted, target = predicted.detach().double(), target.detach().double()
+    if target.numel() == 0:
+        return float("nan")
     var = target.var(unbiased=False)
-    if target.numel() == 0 or var == 0:
+    if var <= (EV_REL_TOL**2) * target.square().mean():
         return float("nan")
     return float(1.0 - (target - predicted).var(unbiased=False) / var)
