@@ -22,8 +22,13 @@ if ! "$py" -c "import torch" 2>/dev/null && [ -x /opt/torch/.venv/bin/python3 ];
     py=/opt/torch/.venv/bin/python3
 fi
 if compgen -G ".whl/*.whl" >/dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+    if "$py" -m pip --version >/dev/null 2>&1; then
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+    else # a venv without pip: the wheels are pure Python, so unpacking them is installing them
+        "$py" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall("/tmp/site") for w in sys.argv[1:]]' \
+            .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+    fi
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
