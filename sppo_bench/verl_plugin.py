@@ -22,7 +22,11 @@ hold the three pieces below as soon as they import verl. Select SPPO with
 3. A trainer registered for verl's ``"sync"`` mode. With ``adv_estimator=sppo`` it checks the
    config, installs the loss, and hands the critic's values to the estimator (verl's generic
    ``compute_advantage`` passes a registered estimator no ``values``); with any other estimator
-   it is verl's ``PPOTrainerSync`` unchanged.
+   it is verl's ``PPOTrainerSync`` unchanged. Each SPPO step it logs the critic's
+   V_b = sigmoid(v_b) at the read position, the values the advantages used (before the critic's
+   update): ``value/mean`` = mean_b V_b (the control track's name) and ``value/brier`` =
+   mean_b (V_b - R_b)^2 (verl's ``critic/values/*`` average per-token logits, which SPPO does
+   not use).
 
 verl's critic runs over prompt + response, as for its token-level critic; the paper's fork ran a
 prompt-only forward. The value is the same (in a causal model the output at the last prompt
@@ -51,6 +55,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
 from sppo_bench.core.advantages import AdvantageInput, compute_advantages
+from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.losses import bce_value_loss
 from sppo_bench.errors import UserError
 
@@ -62,23 +67,40 @@ __all__ = [
     "is_sppo",
     "sppo_advantage_return",
     "sppo_critic_loss",
+    "value_metrics",
 ]
 
 ESTIMATOR = "sppo"
 
-# The critic's padded values ``[B, T]`` for the batch whose advantage is being computed; set by
-# SPPOTrainerSync._compute_advantage around verl's own advantage step (same thread, same call).
-_CRITIC_VALUES: ContextVar[Tensor | None] = ContextVar("sppo_critic_values", default=None)
+VALUE_MEAN, VALUE_BRIER = VALUE_METRICS[0], "value/brier"
+
+# The critic's padded values ``[B, T]`` for the batch whose advantage is being computed, and the
+# dict the estimator writes its value metrics into; set by SPPOTrainerSync._compute_advantage
+# around verl's own advantage step (same thread, same call).
+_CRITIC_VALUES: ContextVar[tuple[Tensor, dict[str, float]] | None] = ContextVar(
+    "sppo_critic_values", default=None
+)
 
 
 @contextmanager
-def critic_values(values: Tensor) -> Iterator[None]:
-    """Make ``values`` ``[B, T]`` the critic output that the ``"sppo"`` estimator reads."""
-    token = _CRITIC_VALUES.set(values)
+def critic_values(values: Tensor, metrics: dict[str, float] | None = None) -> Iterator[None]:
+    """Make ``values`` ``[B, T]`` the critic output that the ``"sppo"`` estimator reads; the
+    estimator adds :func:`value_metrics` of the values it used to ``metrics``."""
+    token = _CRITIC_VALUES.set((values, metrics if metrics is not None else {}))
     try:
         yield
     finally:
         _CRITIC_VALUES.reset(token)
+
+
+def value_metrics(logits: Tensor, outcomes: Tensor) -> dict[str, float]:
+    """The critic's V = sigmoid(v) at the read position against the outcome R, both ``[B]``:
+    ``value/mean`` = mean_b V_b, ``value/brier`` = mean_b (V_b - R_b)^2."""
+    v = torch.sigmoid(logits.detach().float())
+    return {
+        VALUE_MEAN: v.mean().item(),
+        VALUE_BRIER: (v - outcomes.detach().float()).square().mean().item(),
+    }
 
 
 @register_adv_est(ESTIMATOR)
@@ -97,10 +119,12 @@ def sppo_advantage_return(
         last prompt token); when omitted, the values set by :func:`critic_values`.
     config, index, reward_baselines, ...: what verl passes every estimator; unused.
 
-    A = (R - sigmoid(v)) * response_mask, returns = R * response_mask (the BCE target).
+    A = (R - sigmoid(v)) * response_mask, returns = R * response_mask (the BCE target). Inside
+    :func:`critic_values`, :func:`value_metrics` of v and R go to its metrics dict.
     """
-    if values is None:
-        values = _CRITIC_VALUES.get()
+    context = _CRITIC_VALUES.get()
+    if values is None and context is not None:
+        values = context[0]
     if values is None:
         raise UserError(
             "algorithm.adv_estimator=sppo got no critic values: set critic.enable=True and run "
@@ -115,6 +139,8 @@ def sppo_advantage_return(
         AdvantageInput(rewards=token_level_rewards, mask=response_mask, value_logits=values[:, 0]),
     )
     assert out.value_targets is not None
+    if context is not None:
+        context[1].update(value_metrics(values[:, 0], out.value_targets))
     returns = out.value_targets.unsqueeze(-1) * response_mask
     return out.advantages, returns.to(out.advantages.dtype)
 
@@ -183,15 +209,19 @@ class SPPOTrainerSync(PPOTrainerSync):
         """Upstream ``_compute_advantage``; for SPPO, with the critic's values in reach.
 
         The values ``[B, T]`` are read from TransferQueue as verl's ``_compute_values`` wrote
-        them (response-aligned, nested) and padded exactly as upstream pads its batch.
+        them (response-aligned, nested) and padded exactly as upstream pads its batch. The
+        estimator's ``value/mean`` and ``value/brier`` join the step's ``metrics``.
         """
         if not is_sppo(self.config):
             return super()._compute_advantage(batch, metrics)
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["values"]
         )
-        with critic_values(data.to_padded_tensor()["values"]):
-            return super()._compute_advantage(batch, metrics)
+        found: dict[str, float] = {}
+        with critic_values(data.to_padded_tensor()["values"], found):
+            out = super()._compute_advantage(batch, metrics)
+        metrics.update(found)
+        return out
 
 
 def _register_trainer() -> None:

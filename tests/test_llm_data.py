@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 
 from sppo_bench.errors import UserError
-from sppo_bench.llm.data import DATASET_NAMES, INSTRUCTION, build_prompt, load_problems
+from sppo_bench.llm.answers import last_boxed
+from sppo_bench.llm.data import (
+    DATASET_NAMES,
+    EVAL_SETS,
+    HUB_SETS,
+    INSTRUCTION,
+    build_prompt,
+    infer_dataset,
+    load_problems,
+)
 
 MATH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math"
 
@@ -138,7 +147,9 @@ def test_bad_sources_and_names(tmp_path):
     empty = _write_jsonl(tmp_path / "aime24.jsonl", [])
     with pytest.raises(UserError, match="no problems"):
         load_problems(str(empty))
-    assert set(DATASET_NAMES) == {"gsm8k", "math500", "aime24", "aime25", "amc23", "minerva"}
+    assert set(DATASET_NAMES) == {
+        "gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "dapo17k"
+    }  # fmt: skip
 
 
 def test_a_hub_id_without_the_datasets_package_is_a_one_line_error(monkeypatch):
@@ -160,6 +171,59 @@ def test_a_hub_id_is_read_through_datasets(monkeypatch):
     assert load_problems("openai/gsm8k")[0].answer == "2"
     with pytest.raises(UserError, match="could not load Hub dataset.*ConnectionError: offline$"):
         load_problems("openai/gsm8k", split="train")
+
+
+def hub_rows() -> dict[tuple[str, str], list[dict]]:
+    """(Hub id, split) -> rows shaped as that Hub set's dataset card lists its fields, made from
+    the shared evaluation files (the same problems)."""
+    raw = {n: [json.loads(x) for x in _shared(n).open()] for n in SHARED_FILES}
+    return {
+        ("HuggingFaceH4/MATH-500", "test"): raw["math500.jsonl"],
+        ("HuggingFaceH4/aime_2024", "train"): [{**r, "year": "2024"} for r in raw["aime24.jsonl"]],
+        ("MathArena/aime_2025", "train"): [
+            {"problem_idx": i + 1, "problem": r["problem"], "answer": int(r["answer"])}
+            for i, r in enumerate(raw["aime25.jsonl"])
+        ],
+        ("FlippyDora/amc23", "train"): [
+            {**r, "question": r["problem"]} for r in raw["amc23.jsonl"]
+        ],
+        ("guanning/minervamath", "test"): [
+            {"problem": r["problem"], "answer": last_boxed(r["solution"]), "datasource": "minerva"}
+            for r in raw["minerva_math.jsonl"]
+        ],
+    }
+
+
+class FakeHub:
+    """A stand-in for the ``datasets`` package: ``load_dataset(id, split)`` serves ``rows`` and
+    refuses any other (id, split), as the Hub would."""
+
+    def __init__(self, rows: dict[tuple[str, str], list[dict]]) -> None:
+        self.rows = rows
+
+    def load_dataset(self, source: str, split: str) -> list[dict]:
+        if (source, split) not in self.rows:
+            raise ValueError(f"no split {split!r} in {source}")
+        return self.rows[(source, split)]
+
+
+@pytest.mark.parametrize("hub_id", EVAL_SETS)
+def test_hub_eval_sets_map_to_the_same_problems_as_the_local_copies(hub_id, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", FakeHub(hub_rows()))
+    name = {"minerva": "minerva_math", "math500": "math500"}.get(HUB_SETS[hub_id].dataset)
+    local = load_problems(str(_shared(f"{name or HUB_SETS[hub_id].dataset}.jsonl")))
+    from_hub = load_problems(hub_id)  # the set's own split and field mapping
+    assert [(p.question, p.answer) for p in from_hub] == [(p.question, p.answer) for p in local]
+    assert infer_dataset(hub_id) == HUB_SETS[hub_id].dataset
+    assert len({p.id for p in from_hub}) == len(from_hub)
+    with pytest.raises(UserError, match=f"could not load Hub dataset '{hub_id}' split 'nope'"):
+        load_problems(hub_id, split="nope")
+
+
+def test_every_paper_set_has_one_hub_id():
+    assert sorted(HUB_SETS[i].dataset for i in EVAL_SETS) == sorted(
+        ["aime24", "aime25", "amc23", "math500", "minerva"]
+    )
 
 
 def test_plain_prompt_without_a_chat_template():

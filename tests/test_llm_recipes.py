@@ -61,3 +61,21 @@ def test_bce_critics_refuse_an_in_reward_kl(algo):
     assert cfg.algo.kl_coef == 0.0
     bce = resolve_algorithm_defaults(load_config(LLMConfig, None, ["algo.name=ppo-bce"]))
     assert (bce.algo.critic_lr, bce.critic.warmup_steps) == (1e-5, 50)  # as the PPO baseline
+
+
+@pytest.mark.parametrize("recipe", sorted(LLM.glob("r1-distill-*.yaml")), ids=lambda p: p.stem)
+def test_gpu_recipes_default_to_public_hub_sets(recipe):
+    """Nothing a user runs reads the development layout's shared data: the training set and the
+    five evaluation sets are public Hub ids with a field mapping for the recipe's dataset."""
+    from sppo_bench.llm.data import EVAL_SETS, HUB_SETS
+
+    assert "shared/" not in recipe.read_text()
+    cfg = load_config(LLMConfig, recipe, [])
+    assert HUB_SETS[cfg.data.train].dataset == cfg.data.dataset
+    assert HUB_SETS[cfg.data.train].split == cfg.data.split
+    assert list(cfg.eval.sets) == list(EVAL_SETS)
+
+
+def test_verl_scripts_read_no_shared_data():
+    for script in (LLM / "verl").glob("*.sh"):
+        assert "shared/" not in script.read_text(), script.name

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -96,3 +99,56 @@ def test_reward_function_grades_the_last_box():
     assert module.compute_score("aime24", good, "4", extra_info={}) == 1.0
     assert module.compute_score("aime24", "It is \\boxed{5}.", "4") == 0.0
     assert module.compute_score("aime24", "no box here", 4) == 0.0
+
+
+def test_prepare_data_script_reads_the_public_hub_sets_by_default(tmp_path):
+    """``llm/verl/prepare_data.sh`` as a user runs it, with no local data: every set comes from
+    its Hub id (a ``datasets`` stand-in on the path serves Hub-shaped copies of the shared files
+    and refuses any other id or split)."""
+    from test_llm_data import hub_rows
+
+    if not SHARED_MATH.is_dir():
+        pytest.skip(f"the shared evaluation data is not at {SHARED_MATH}")
+    rows = {f"{k[0]}|{k[1]}": v for k, v in hub_rows().items()}
+    rows["agentica-org/DeepScaleR-Preview-Dataset|train"] = [
+        {"problem": "What is 1+1?", "answer": "2", "solution": "..."}
+    ]
+    rows["BytedTsinghua-SIA/DAPO-Math-17k|train"] = [dapo_row("What is 2+3?", "5")] * 3
+    fake = tmp_path / "fake" / "datasets"
+    fake.mkdir(parents=True)
+    (fake / "rows.json").write_text(json.dumps(rows))
+    (fake / "__init__.py").write_text(
+        "import json, pathlib\n"
+        "ROWS = json.loads((pathlib.Path(__file__).parent / 'rows.json').read_text())\n"
+        "def load_dataset(source, split):\n"
+        "    return ROWS[f'{source}|{split}']\n"
+    )
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "EVAL_DIR"}
+    env.update(OUT=str(out), PYTHON=sys.executable, PYTHONPATH=f"{fake.parent}:{REPO}")
+    done = subprocess.run(
+        ["bash", str(REPO / "llm/verl/prepare_data.sh")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shared" not in done.stdout
+    for name, train in (("deepscaler", ["What is 1+1?"]), ("dapo17k", ["What is 2+3?"])):
+        frame = pd.read_parquet(out / name / "train.parquet")
+        assert [p[0]["content"].split("\n")[0] for p in frame["prompt"]] == train
+        val = pd.read_parquet(out / name / "val.parquet")
+        counts = val["data_source"].value_counts().to_dict()
+        assert counts == {"math500": 500, "minerva": 272, "amc23": 40, "aime24": 30, "aime25": 30}
+
+
+def test_eval_dir_overrides_the_hub_and_names_what_is_missing(tmp_path, capsys):
+    (tmp_path / "aime24.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"problem": "2+2?", "answer": "4"}) + "\n")
+    out = tmp_path / "out"
+    main(["--format", "deepscaler", "--train", str(train), "--eval-dir", str(tmp_path)]
+         + ["--out", str(out)])  # fmt: skip
+    assert pd.read_parquet(out / "val.parquet")["data_source"].tolist() == ["aime24"]
+    assert "aime25.jsonl: not there, left out" in capsys.readouterr().out
+    with pytest.raises(UserError, match="no evaluation set found in .* \\(looked for aime24"):
+        main(["--format", "deepscaler", "--train", str(train)]
+             + ["--eval-dir", str(tmp_path / "none"), "--out", str(out)])  # fmt: skip

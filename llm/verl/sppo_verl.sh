@@ -14,6 +14,13 @@ NGPUS="${NGPUS:-8}"
 MAX_PROMPT="${MAX_PROMPT:?}"
 MAX_RESPONSE=8192
 TOKENS=$(((MAX_PROMPT + MAX_RESPONSE) * 2)) # per GPU per micro-batch (dynamic batch size)
+# verl 0.9.1's v1 trainer sizes the critic's micro-batches, forward and update alike, by
+# critic.ppo_infer_max_token_len_per_gpu (not in verl's YAML, hence "++"; default 32768) and
+# ignores critic.ppo_max_token_len_per_gpu (trainer/ppo/v1/trainer_base.py).
+CRITIC_TOKENS=$((TOKENS * 2))
+
+# Refuse to start (one line, before Ray) unless `import verl` registers the SPPO plugin here.
+"${PYTHON:-python3}" -m sppo_bench.verl_check >/dev/null || exit 1
 
 exec "${PYTHON:-python3}" -m verl.trainer.main_ppo \
     algorithm.adv_estimator=sppo \
@@ -62,7 +69,7 @@ exec "${PYTHON:-python3}" -m verl.trainer.main_ppo \
     critic.optim.clip_grad=1.0 \
     critic.ppo_mini_batch_size="$MINI_BATCH" \
     critic.use_dynamic_bsz=True \
-    critic.ppo_max_token_len_per_gpu=$((TOKENS * 2)) \
+    ++critic.ppo_infer_max_token_len_per_gpu=$CRITIC_TOKENS \
     reward.custom_reward_function.path="$REPO/llm/verl/reward.py" \
     reward.custom_reward_function.name=compute_score \
     trainer.critic_warmup=0 \

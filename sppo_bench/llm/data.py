@@ -10,6 +10,16 @@ Each dataset name selects a field mapping from a raw row to ``(question, gold an
 | aime25    | `problem`  | `answer`                                                 |
 | amc23     | `problem`  | `answer` (a float in the public file: 70.0 -> "70")      |
 | minerva   | `problem`  | the last `\boxed{}` of `solution`                        |
+| dapo17k   | `prompt`   | `reward_model.ground_truth`                              |
+
+DAPO-Math-17k's ``prompt`` is chat messages: the question is the user turn with DAPO's "Answer:"
+instruction taken off (``dapo_question``). It repeats its questions; a repeat is kept once.
+
+Public Hugging Face Hub ids (``HUB_SETS``) carry their own split and, where the Hub copy names its
+fields differently from the files above, their own mapping; ``EVAL_SETS`` are the paper's five
+evaluation sets and ``TRAIN_SETS`` its two training sets as Hub ids, the recipes' defaults. A
+``.jsonl`` / ``.parquet`` path is read with the table's mapping instead (a local copy overrides
+a Hub id wherever one is accepted).
 
 ``build_prompt`` and ``Problem`` live in :mod:`sppo_bench.llm.prompts` (shared with the toy task)
 and are re-exported here.
@@ -20,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +57,48 @@ _MAPPINGS: dict[str, _Mapping] = {
     "aime25": _Mapping("problem", "answer", "field", ("id",)),
     "amc23": _Mapping("problem", "answer", "field", ("id",)),
     "minerva": _Mapping("problem", "solution", "boxed", ("idx", "id")),
+    "dapo17k": _Mapping("prompt", "reward_model", "dapo", ()),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_MAPPINGS)
+
+
+@dataclass(frozen=True)
+class HubSet:
+    """A public Hub dataset: its mapping's name, the split to read, the fields if they differ."""
+
+    dataset: str
+    split: str
+    mapping: _Mapping | None = None  # None: _MAPPINGS[dataset]
+
+
+# Schemas as their dataset cards list them (all offline-tested on local rows of that shape).
+HUB_SETS: dict[str, HubSet] = {
+    "HuggingFaceH4/MATH-500": HubSet("math500", "test"),  # problem, answer, unique_id
+    "HuggingFaceH4/aime_2024": HubSet("aime24", "train"),  # id, problem, answer (AIME 2024 I+II)
+    "MathArena/aime_2025": HubSet(  # problem_idx, problem, answer (int)
+        "aime25", "train", _Mapping("problem", "answer", "field", ("problem_idx",))
+    ),
+    "FlippyDora/amc23": HubSet("amc23", "train"),  # id, problem, answer (float), as QwenLM's file
+    "guanning/minervamath": HubSet(  # problem, answer (the boxed answer, already extracted)
+        "minerva", "test", _Mapping("problem", "answer", "field", ())
+    ),
+    "agentica-org/DeepScaleR-Preview-Dataset": HubSet("math500", "train"),  # problem, answer
+    "BytedTsinghua-SIA/DAPO-Math-17k": HubSet("dapo17k", "train"),  # prompt, reward_model
+}
+EVAL_SETS: tuple[str, ...] = (
+    "HuggingFaceH4/aime_2024",
+    "MathArena/aime_2025",
+    "FlippyDora/amc23",
+    "HuggingFaceH4/MATH-500",
+    "guanning/minervamath",
+)
+TRAIN_SETS = {
+    "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset",
+    "dapo17k": "BytedTsinghua-SIA/DAPO-Math-17k",
+}
+
+_DAPO_HEAD = "Solve the following math problem step by step."
+_DAPO_TAIL = '\n\nRemember to put your answer on its own line after "Answer:"'
 
 # Name fragments (lower case, "-" / "_" / " " removed) that identify a dataset in a path or id.
 _NAME_HINTS: tuple[tuple[str, str], ...] = (
@@ -61,11 +111,14 @@ _NAME_HINTS: tuple[tuple[str, str], ...] = (
     ("amc23", "amc23"),
     ("amc2023", "amc23"),
     ("minerva", "minerva"),
+    ("dapo", "dapo17k"),
 )
 
 
 def infer_dataset(source: str) -> str:
     """The dataset name a file name or Hub id points to (``"…/gsm8k_test.jsonl"`` -> gsm8k)."""
+    if source in HUB_SETS:
+        return HUB_SETS[source].dataset
     key = re.sub(r"[-_ .]", "", source.lower())
     hits = {name for hint, name in _NAME_HINTS if hint in key}
     if len(hits) != 1:
@@ -79,13 +132,14 @@ def infer_dataset(source: str) -> str:
 def load_problems(
     source: str,
     dataset: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     limit: int | None = None,
 ) -> list[Problem]:
     """Load problems from a ``.jsonl`` / ``.parquet`` file or a Hugging Face Hub dataset id.
 
     ``dataset`` picks the field mapping (one of ``DATASET_NAMES``; ``None`` infers it from the
-    file name or id); ``split`` is used for Hub datasets only; ``limit`` keeps the first rows.
+    file name or id; a ``HUB_SETS`` id brings its own); ``split`` is used for Hub datasets only
+    (``None``: the ``HUB_SETS`` entry's split, else "test"); ``limit`` keeps the first rows.
     Any broken row (bad JSON, missing field, empty gold) is a one-line ``UserError`` naming the
     file, the line (or row) and what is wrong.
     """
@@ -105,15 +159,25 @@ def load_problems(
     name = infer_dataset(path.name if is_file else source) if dataset is None else dataset
     if name not in _MAPPINGS:
         raise UserError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_NAMES)}")
+    mapping = _MAPPINGS[name]
     if is_file:
         rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _parquet_rows(path)
         origin = str(path)
     else:
+        hub = HUB_SETS.get(source)
+        if hub is not None and hub.dataset == name:
+            mapping = hub.mapping or mapping
+        split = split or (hub.split if hub is not None else "test")
         rows = _hub_rows(source, split)
         origin = f"{source} (split {split})"
     problems: list[Problem] = []
+    seen: set[str] = set()
     for position, (where, row) in enumerate(rows):
-        problems.append(_to_problem(row, _MAPPINGS[name], name, where, position))
+        problem = _to_problem(row, mapping, name, where, position)
+        if mapping.extract == "dapo" and problem.question in seen:
+            continue
+        seen.add(problem.question)
+        problems.append(problem)
         if limit is not None and len(problems) >= limit:
             break
     if not problems:
@@ -179,6 +243,8 @@ def _to_problem(row: Any, mapping: _Mapping, name: str, where: str, position: in
     """One raw row -> ``Problem``; ``where`` locates the row in errors (``file:line``)."""
     if not isinstance(row, Mapping):
         raise UserError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    if mapping.extract == "dapo":
+        return _dapo_problem(row, where, position)
     row = _case_insensitive(row, (mapping.question, mapping.answer, *mapping.ids))
     for key in (mapping.question, mapping.answer):
         if key not in row or row[key] is None:
@@ -193,6 +259,33 @@ def _to_problem(row: Any, mapping: _Mapping, name: str, where: str, position: in
     answer = _gold(row[mapping.answer], mapping, where)
     native = next((row[k] for k in mapping.ids if row.get(k) not in (None, "")), None)
     return Problem(f"{name}/{native if native is not None else position}", question.strip(), answer)
+
+
+def dapo_question(content: str) -> str:
+    """The bare question inside a DAPO-Math-17k user turn.
+
+    DAPO wraps it as ``"Solve the following math problem step by step. The last line ... of
+    the form Answer: $Answer ...\n\n<question>\n\nRemember to put your answer on its own line
+    after \"Answer:\"."``; text without that wrapper is returned stripped, as it is.
+    """
+    text = content.strip()
+    if text.startswith(_DAPO_HEAD) and "\n\n" in text:
+        text = text.split("\n\n", 1)[1]
+    return text.split(_DAPO_TAIL, 1)[0].strip()
+
+
+def _dapo_problem(row: Mapping, where: str, position: int) -> Problem:
+    prompt, reward = row.get("prompt"), row.get("reward_model")
+    turns = [] if isinstance(prompt, str) or not isinstance(prompt, Iterable) else list(prompt)
+    users = [t.get("content") for t in turns if isinstance(t, Mapping) and t.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        raise UserError(f"{where}: field 'prompt' is not chat messages with a user turn")
+    if not isinstance(reward, Mapping) or reward.get("ground_truth") in (None, ""):
+        raise UserError(f"{where}: missing field 'reward_model.ground_truth'")
+    question = dapo_question(users[-1])
+    if not question:
+        raise UserError(f"{where}: empty question")
+    return Problem(f"dapo17k/{position}", question, _number_text(reward["ground_truth"]))
 
 
 def _case_insensitive(row: Mapping, keys: tuple[str, ...]) -> dict:

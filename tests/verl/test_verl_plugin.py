@@ -148,13 +148,15 @@ def padded(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
 
-def run_compute_advantage(trainer_cls: type, config: DictConfig, store, keys, monkeypatch):
+def run_compute_advantage(
+    trainer_cls: type, config: DictConfig, store, keys, monkeypatch, metrics: dict | None = None
+):
     monkeypatch.setattr(transfer_queue, "kv_batch_get", store.kv_batch_get)
     monkeypatch.setattr(transfer_queue, "kv_batch_put", store.kv_batch_put)
     trainer = trainer_cls.__new__(trainer_cls)  # no Ray, no workers: only the advantage step
     trainer.config = config
     batch = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
-    trainer._compute_advantage(batch, {})
+    trainer._compute_advantage(batch, {} if metrics is None else metrics)
 
 
 # --- the entry point ---------------------------------------------------------------------------
@@ -516,5 +518,9 @@ def test_launch_script_composes_and_passes_verls_config_check(script, tmp_path):
     for key, value in {**PAPER_SETTINGS, **SCRIPTS[script]}.items():
         assert OmegaConf.select(config, key) == value, key
     assert config.reward.custom_reward_function.path == str(REPO / "llm" / "verl" / "reward.py")
+    # micro-batch token limits: the actor's, and the critic's as verl's v1 trainer reads it
+    tokens = 2 * (SCRIPTS[script]["data.max_prompt_length"] + 8192)
+    assert config.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == tokens
+    assert config.critic.ppo_infer_max_token_len_per_gpu == 2 * tokens
     assert not need_reference_policy(config) and need_critic(config)
     validate_config(config, use_reference_policy=False, use_critic=True)
