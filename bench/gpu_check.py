@@ -81,7 +81,8 @@ def settings(device: str) -> dict[str, list[str]]:
         toy = ["model.policy=tiny:xs", "train.batch_size=4", "algo.mini_batch_size=2",
                "train.micro_batch_size=4", "rollout.max_new_tokens=8"]  # fmt: skip
     toy += [f"train.steps={TOY_STEPS[device]}", "train.save_every=2", "critic.warmup_steps=1",
-            "model.init=null", "model.init_builder=null", f"train.device={device}"]  # fmt: skip
+            "model.init=null", "model.init_builder=null", f"train.device={device}",
+            "rollout.engine=hf"]  # fmt: skip
     return {
         "tests": ["-q", "-p", "no:cacheprovider", *CUDA_TESTS] + ([] if cuda else ["-k", "cuda"]),
         "toy-resume": toy,
