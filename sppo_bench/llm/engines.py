@@ -56,4 +56,5 @@ def make_engine(cfg: LLMConfig, policy, tokenizer):
         dtype=cfg.model.compute_dtype,
         seed=cfg.train.seed,
         enforce_eager=cfg.rollout.enforce_eager,
+        cpu_kv_cache_gib=cfg.rollout.cpu_kv_cache_gib,
     )
