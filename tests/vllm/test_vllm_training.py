@@ -1,7 +1,8 @@
 """``sppo-bench llm train --recipe llm/tiny-cpu.yaml --set rollout.engine=vllm`` end to end on
 vLLM's CPU backend, for every registered estimator, and a run killed mid-way that resumes.
 
-The recipe's policy becomes ``tiny:m`` (vLLM's CPU attention refuses ``tiny:s``'s head_dim 16).
+The recipe's policy becomes ``tiny:m`` (vLLM's CPU attention refuses ``tiny:s``'s head_dim 16);
+2 prompts per step, prompts up to 256 tokens, 16 new tokens, to keep the stage short.
 Critic warm-up is 0, so every step updates the policy and syncs it into vLLM; the step's
 ``rollout_log_prob_gap`` (mean |vLLM's log-prob - the trainer's recomputation|) therefore checks,
 at step 2, that vLLM sampled from the weights of step 1's update.
@@ -31,6 +32,8 @@ VLLM_TINY = [
     "model.policy=tiny:m",
     "--set",
     "critic.warmup_steps=0",
+    *("--set", "data.max_prompt_tokens=256", "--set", "rollout.max_new_tokens=16"),
+    *("--set", "train.batch_size=2", "--set", "algo.mini_batch_size=2"),
 ]
 TIMINGS = ("time_", "tokens_per_s")
 
