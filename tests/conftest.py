@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from synthetic_runs import write_run, write_suite
 
-# tests/verl needs verl 0.9.1, which pins its own torch: `.ci/run` runs it in its own environment
-# (.venv-verl). The main run does not collect it.
-collect_ignore = ["verl"]
+# tests/verl needs verl 0.9.1 and tests/vllm vLLM's CPU build: `.ci/run` runs each in an
+# environment of its own (.venv-verl, .venv-vllm). The main run does not collect them.
+collect_ignore = ["verl", "vllm"]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The colocated vLLM engine; runs only where vLLM and a CUDA GPU are present."""
+"""The colocated vLLM engine on a GPU; runs only where vLLM and a CUDA GPU are present (its CPU
+backend is tested in tests/vllm)."""
 
 import importlib.util
 
@@ -17,11 +18,11 @@ def setup():
     from sppo_bench.llm.vllm_engine import VLLMEngine
 
     tok = tiny_tokenizer()
-    policy = tiny_model("s", tok, seed=0).cuda()
+    policy = tiny_model("m", tok, seed=0).cuda()
     engine = VLLMEngine.from_policy(
         policy,
         tok,
-        "tiny:s",
+        "tiny:m",
         gpu_memory_utilization=0.2,
         max_model_len=256,
         dtype="float32",

@@ -41,6 +41,7 @@ RECIPE_BOUNDS = {
     "train.reward_timeout_s": POSITIVE,
     "train.seed": at_least(0),
     **{f"rollout.{k}": at_least(1) for k in ("max_new_tokens", "generation_batch_size")},
+    "rollout.cpu_kv_cache_gib": at_least(1),
     "rollout.temperature": NON_NEGATIVE,
     "rollout.top_p": UNIT,
     "rollout.gpu_memory_utilization": UNIT,
@@ -87,7 +88,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    """engine: "hf" (model.generate) or "vllm" (colocated, sleep mode).
+    """engine: "hf" (model.generate) or "vllm" (colocated; sleep mode where the platform has it).
+    cpu_kv_cache_gib: vLLM's KV cache on its CPU backend, whole GiB (``VLLM_CPU_KVCACHE_SPACE``).
 
     HF engine only: generation_dtype samples from a copy of the policy in that dtype (None = the
     policy module itself); static_cache uses a fixed-size KV cache, for which transformers
@@ -102,6 +104,7 @@ class RolloutConfig:
     generation_batch_size: int = 64
     gpu_memory_utilization: float = 0.4
     enforce_eager: bool = False
+    cpu_kv_cache_gib: int = 1
     generation_dtype: Dtype | None = None
     static_cache: bool = False
 
