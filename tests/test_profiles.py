@@ -3,7 +3,7 @@
 import pytest
 
 from sppo_bench.cli import main
-from sppo_bench.control.trainer import requested_config
+from sppo_bench.control.runs import requested_config
 from sppo_bench.core import get_estimator
 from sppo_bench.orchestration.suite import available_profiles, load_profile, plan_runs
 

@@ -11,7 +11,7 @@ from synthetic_runs import write_run
 from sppo_bench.analysis.report import build_report
 from sppo_bench.cli import main
 from sppo_bench.control.spec import load_spec
-from sppo_bench.control.trainer import requested_config, run_dir_for
+from sppo_bench.control.runs import requested_config, run_dir_for
 from sppo_bench.control.variants import Variant, split_folder, stage_folder
 from sppo_bench.errors import UserError
 from sppo_bench.orchestration.suite import load_profile, plan_runs, run_suite
@@ -228,7 +228,7 @@ def test_a_variant_never_reuses_a_clone_made_with_other_settings(tmp_path):
 def test_runs_and_clones_stored_before_demo_noise_stay_valid(tmp_path):
     """A config.yaml written before clone.demo_noise existed reads as demo_noise = 0."""
     from sppo_bench.control.expert import check_stage_config
-    from sppo_bench.control.trainer import RUNS_DIR_REMEDY, upgrade_stored_config
+    from sppo_bench.control.runs import RUNS_DIR_REMEDY, upgrade_stored_config
     from sppo_bench.rundir import RunDir
 
     _, spec, config = requested_config("cartpole", "sppo", 0, None, [])

@@ -20,12 +20,11 @@ from sppo_bench.control.cloning import load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
-from sppo_bench.control.expert import variant_stage_dir
+from sppo_bench.control.runs import SavedRun, run_dir_for, upgrade_stored_config
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.trainer import SavedRun, run_dir_for, upgrade_stored_config
 from sppo_bench.control.update import critic_values
-from sppo_bench.control.variants import Variant, all_overrides
+from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
 from sppo_bench.rundir import RunDir

@@ -34,12 +34,11 @@ from sppo_bench.control.expert import (
     ExpertActor,
     check_stage_config,
     evaluate_actor,
-    variant_stage_dir,
 )
 from sppo_bench.control.policies import Policy
 from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.variants import Variant, all_overrides
+from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
 

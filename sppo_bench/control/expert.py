@@ -29,23 +29,13 @@ from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.shaping import make_shaped_env
 from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.variants import Variant, all_overrides, stage_folder
+from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
+from sppo_bench.rundir import stage_dir  # noqa: F401 - the stage folders' layout
 
 EXPERT_EVAL_SEED = 2_000_000
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-
-
-def stage_dir(runs_dir: Path, task: str, stage: str) -> Path:
-    """``runs/control/<task>/<stage>``."""
-    return Path(runs_dir) / "control" / get_task(task).name / stage
-
-
-def variant_stage_dir(runs_dir: Path, task: str, stage: str, variant: Variant | None) -> Path:
-    """The folder of ``stage`` (``expert``, ``clone``) that runs of ``variant`` use:
-    ``<stage>@<variant>`` where the variant's overrides change the stage, else the shared one."""
-    return stage_dir(runs_dir, task, stage_folder(stage, variant))
 
 
 def check_stage_config(

@@ -90,7 +90,7 @@ class RunSpec:
     variant: Variant | None = None
 
     def run_dir(self, runs_dir: Path) -> Path:
-        from sppo_bench.control.trainer import run_dir_for
+        from sppo_bench.control.runs import run_dir_for
 
         return run_dir_for(Path(runs_dir), self.task, self.algo, self.seed, self.variant)
 
@@ -294,7 +294,7 @@ def plan_runs(
 def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
     """A one-line ``UserError`` if any existing run folder of ``specs`` was made with other
     settings (its stored config differs from what this suite would train)."""
-    from sppo_bench.control.trainer import (
+    from sppo_bench.control.runs import (
         RUNS_DIR_REMEDY,
         requested_config,
         upgrade_stored_config,
