@@ -8,10 +8,10 @@ from test_llm_rollout_models import PROMPTS
 
 from sppo_bench.config import load_config
 from sppo_bench.errors import UserError
+from sppo_bench.llm.engines import make_engine
 from sppo_bench.llm.models import response_log_probs
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 from sppo_bench.llm.rollout import HFEngine, SampledLogProbs
-from sppo_bench.llm.trainer import make_engine
 
 
 def test_recorder_gathers_each_sampled_token_from_one_step_back():

@@ -85,9 +85,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from sppo_bench.llm.engines import make_engine, pick_device
     from sppo_bench.llm.evaluate import evaluate
     from sppo_bench.llm.models import load_policy, load_tokenizer
-    from sppo_bench.llm.trainer import make_engine, pick_device
     from sppo_bench.llm.verifier import Verifier
 
     torch.set_num_threads(args.threads)

@@ -23,13 +23,16 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sppo_bench.errors import UserError
 from sppo_bench.llm.answers import last_boxed
 from sppo_bench.llm.prompts import INSTRUCTION as INSTRUCTION
 from sppo_bench.llm.prompts import Problem as Problem
 from sppo_bench.llm.prompts import build_prompt as build_prompt
+
+if TYPE_CHECKING:
+    from sppo_bench.llm.recipe import LLMConfig
 
 
 @dataclass(frozen=True)
@@ -237,3 +240,15 @@ def _number_text(value: Any) -> str:
     if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars from Parquet
         return _number_text(value.item())
     return str(value).strip()
+
+
+def load_prompts(cfg: LLMConfig, tokenizer) -> tuple[list[str], list[str]]:
+    """(chat-formatted prompts, gold answers) of the training set, over-long prompts dropped."""
+    problems = load_problems(cfg.data.train, cfg.data.dataset, cfg.data.split, cfg.data.limit)
+    prompts = [build_prompt(tokenizer, p.question) for p in problems]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    keep = [i for i, n in enumerate(lengths) if n <= cfg.data.max_prompt_tokens]
+    if not keep:
+        limit = cfg.data.max_prompt_tokens
+        raise UserError(f"no training prompt fits in data.max_prompt_tokens={limit}")
+    return [prompts[i] for i in keep], [problems[i].answer for i in keep]

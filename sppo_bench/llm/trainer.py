@@ -28,6 +28,8 @@ from sppo_bench.config import to_dict
 from sppo_bench.core import AdvantageInput, compute_advantages, get_estimator
 from sppo_bench.core.ppo import minibatch_schedule, step_generator
 from sppo_bench.errors import UserError
+from sppo_bench.llm.data import load_prompts
+from sppo_bench.llm.engines import make_engine, pick_device
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
 from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
 from sppo_bench.llm.rollout import RolloutBatch
@@ -41,69 +43,6 @@ RUN_DIR_REMEDY = "use another --run-dir or remove that folder"
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 SCHEDULE_STREAM = 0  # step_generator stream of the mini-batch schedule
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA where available), ``cpu``, ``cuda`` or ``cuda:<index>``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"train.device={name!r}; valid: auto, cpu, cuda, cuda:<index>") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"train.device={name!r}; valid: auto, cpu, cuda, cuda:<index>")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"train.device={name!r} but CUDA is not available (torch {torch.__version__}); "
-                "use auto or cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            count = torch.cuda.device_count()
-            raise UserError(f"train.device={name!r} but this machine has {count} CUDA device(s)")
-    return device
-
-
-def make_engine(cfg: LLMConfig, policy, tokenizer):
-    """The configured rollout engine, sampling from ``policy``."""
-    if cfg.rollout.engine == "hf":
-        from sppo_bench.llm.rollout import HFEngine
-
-        r = cfg.rollout
-        return HFEngine(
-            policy,
-            tokenizer,
-            r.generation_batch_size,
-            dtype=DTYPES[r.generation_dtype] if r.generation_dtype else None,
-            static_cache=r.static_cache,
-        )
-    from sppo_bench.llm.vllm_engine import VLLMEngine
-
-    return VLLMEngine.from_policy(
-        policy,
-        tokenizer,
-        name=cfg.model.policy,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-        dtype=cfg.model.compute_dtype,
-        seed=cfg.train.seed,
-        enforce_eager=cfg.rollout.enforce_eager,
-    )
-
-
-def load_prompts(cfg: LLMConfig, tokenizer) -> tuple[list[str], list[str]]:
-    """(chat-formatted prompts, gold answers) of the training set, over-long prompts dropped."""
-    from sppo_bench.llm.data import build_prompt, load_problems
-
-    problems = load_problems(cfg.data.train, cfg.data.dataset, cfg.data.split, cfg.data.limit)
-    prompts = [build_prompt(tokenizer, p.question) for p in problems]
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    keep = [i for i, n in enumerate(lengths) if n <= cfg.data.max_prompt_tokens]
-    if not keep:
-        limit = cfg.data.max_prompt_tokens
-        raise UserError(f"no training prompt fits in data.max_prompt_tokens={limit}")
-    return [prompts[i] for i in keep], [problems[i].answer for i in keep]
 
 
 class LLMTrainer:
