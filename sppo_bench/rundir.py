@@ -11,8 +11,7 @@
     <run>/.lock                  held (flock) while a process writes the run
 
 - A rerun with other settings is refused: ``check_config`` names the first differing key.
-- ``writing()`` holds the lock and records a divergence; folders it made are removed again if the
-  run fails before its first metrics row.
+- The lock: folders it made are removed again if the run fails before its first metrics row.
 - Metric rows: only a torn last line is repaired (``MetricsWriter``).
 - ``RunSession``: what a trainer holds while it writes one run (the lock, the metrics file, the
   divergence marker, ``Checkpoint``s that name what made them; a resume checks both).
@@ -25,8 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,6 @@ from sppo_bench.io import (
     atomic_torch_save,
     atomic_write_json,
     clear_diverged,
-    divergence_marker,
     mark_diverged,
     read_torch_file,
 )
@@ -169,12 +166,6 @@ class RunDir:
 
     def mark_done(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.done_path, dict(summary))
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Hold the run's lock; a ``DivergedError`` inside leaves the ``diverged`` marker."""
-        with RunLock(self.path), divergence_marker(self.path):
-            yield
 
     def read_checkpoint(self) -> Checkpoint | None:
         """The latest checkpoint as a ``Checkpoint`` (either track's older layouts too), or

@@ -106,3 +106,30 @@ def test_rows_after_the_checkpoint_are_dropped_not_refused(tmp_path):
     other = RunSession(tmp_path, RunIdentity("t", "sppo", "v", "h"), "step", 1)
     with pytest.raises(UserError, match=r"made by t/sppo \(config h\), not by this run's t/sppo@v"):
         other.resume()
+
+
+def test_a_stored_llm_run_resumes_to_the_rows_of_then_under_todays_names(tmp_path):
+    from test_llm_trainer import _config, _train
+
+    from sppo_bench.core.critics import canonical_row
+
+    shutil.copytree(FIXTURES / "llm_v1", tmp_path / "run")
+    rows, _, _ = _train(_config("sppo", 2), tmp_path / "run")
+    stored = [canonical_row(r) for r in _rows(tmp_path / "run" / "metrics.jsonl")]
+    then = [canonical_row(r) for r in RESUMED["llm/sppo"]]
+    assert stored[0] == then[0]  # the stored row, read under today's names
+    assert "value/brier" in stored[1] and "critic_brier" not in stored[1]
+    for key, value in then[1].items():  # the resumed step: every number the code of then wrote
+        assert stored[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    ckpt = RunDir(tmp_path / "run").read_checkpoint()
+    assert ckpt.step == 2 and ckpt.identity.algo == "sppo" and ckpt.rng is not None
+
+
+def test_an_llm_resume_refuses_another_algorithms_checkpoint(tmp_path):
+    from test_llm_trainer import _config, _train
+
+    _train(_config("ppo-gae", 1), tmp_path / "gae")
+    _train(_config("sppo", 1), tmp_path / "sppo")
+    shutil.copy(tmp_path / "gae/checkpoints/latest.pt", tmp_path / "sppo/checkpoints/latest.pt")
+    with pytest.raises(UserError, match=r"made by .*/ppo-gae \(config \w+\), not by .*/sppo"):
+        _train(_config("sppo", 2), tmp_path / "sppo")

@@ -41,6 +41,7 @@ __all__ = [
     "AdvantageOutput",
     "EstimatorSpec",
     "ESTIMATORS",
+    "PaperDefaults",
     "algorithm_names",
     "compute_advantages",
     "get_estimator",
@@ -99,6 +100,17 @@ CriticKind = Literal["none", "sequence", "step", "step-bce"]
 
 
 @dataclass(frozen=True)
+class PaperDefaults:
+    """The paper's LLM settings of one algorithm (PAPER.md, "LLM experiments"): the in-reward
+    KL coefficient, the critic's learning rate and its critic-only warm-up steps (critic
+    methods; the others' critic lr is unused)."""
+
+    kl_coef: float = 0.0
+    critic_lr: float = 5e-6
+    critic_warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
 class EstimatorSpec:
     """A registered estimator: the one list of algorithms, and what a trainer provides for it.
 
@@ -112,6 +124,8 @@ class EstimatorSpec:
     batch_wide: rows outside one group share a baseline (REINFORCE's batch mean), so batches of
     independent runs must not be concatenated; otherwise a row's advantage depends only on its
     own row and group, and a trainer may pass several runs' rows (distinct group ids) at once.
+    label: the display name in tables and figures (``SPPO``, ``PPO-GAE``, ``ReMax``).
+    paper: the paper's per-algorithm LLM settings (``PaperDefaults``).
     """
 
     name: str
@@ -124,6 +138,8 @@ class EstimatorSpec:
     run_name: str
     params: dict[str, object] = field(hash=False)
     batch_wide: bool = False
+    label: str = ""
+    paper: PaperDefaults = field(default_factory=lambda: PaperDefaults())
 
     @property
     def critic_strategy(self) -> CriticStrategy | None:
@@ -162,6 +178,8 @@ def register(
     aliases: tuple[str, ...] = (),
     run_name: str | None = None,
     batch_wide: bool = False,
+    label: str | None = None,
+    paper: PaperDefaults | None = None,
 ) -> Callable[[Callable[..., AdvantageOutput]], Callable[..., AdvantageOutput]]:
     """Register ``fn`` under ``name`` (and ``aliases``, and ``run_name``) in ``ESTIMATORS``."""
 
@@ -171,7 +189,17 @@ def register(
         display = run_name or name
         names = tuple(a for a in dict.fromkeys((display, *aliases)) if a != name)
         needs = (critic, needs_groups, needs_greedy_baseline, group_size)
-        ESTIMATORS[name] = EstimatorSpec(name, fn, *needs, names, display, params, batch_wide)
+        ESTIMATORS[name] = EstimatorSpec(
+            name,
+            fn,
+            *needs,
+            names,
+            display,
+            params,
+            batch_wide,
+            label or display.upper(),
+            paper or PaperDefaults(),
+        )
         for alias in (name, *names):
             _ALIASES[alias] = name
         return fn
@@ -233,7 +261,10 @@ def sppo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - value, batch.mask), value_targets=reward)
 
 
-@register("gae", critic="step", aliases=("ppo",), run_name="ppo-gae")
+PPO_PAPER = PaperDefaults(critic_lr=1e-5, critic_warmup_steps=50)
+
+
+@register("gae", critic="step", aliases=("ppo",), run_name="ppo-gae", paper=PPO_PAPER)
 def gae_advantage(batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0) -> AdvantageOutput:
     """Generalised advantage estimation, per step.
 
@@ -269,7 +300,7 @@ def _gae(batch: AdvantageInput, values: Tensor, gamma: float, lam: float) -> Adv
     return AdvantageOutput(advantages, value_targets=(advantages + values) * mask)
 
 
-@register("ppo-bce", critic="step-bce", aliases=("bce",))
+@register("ppo-bce", critic="step-bce", aliases=("bce",), paper=PPO_PAPER)  # as the PPO baseline
 def bce_gae_advantage(
     batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0
 ) -> AdvantageOutput:
@@ -329,7 +360,7 @@ def grpo_advantage(
     return AdvantageOutput(_broadcast(advantage, batch.mask))
 
 
-@register("rloo", needs_groups=True, group_size=5)
+@register("rloo", needs_groups=True, group_size=5, paper=PaperDefaults(kl_coef=0.001))
 def rloo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     """RLOO: A_i = R_i - (sum_{j in g} R_j - R_i) / (n_g - 1), the leave-one-out baseline."""
     group_ids = _require(batch.group_ids, "group_ids", "rloo")
@@ -341,7 +372,7 @@ def rloo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(advantage, batch.mask))
 
 
-@register("remax", needs_greedy_baseline=True)
+@register("remax", needs_greedy_baseline=True, label="ReMax", paper=PaperDefaults(kl_coef=0.001))
 def remax_advantage(batch: AdvantageInput) -> AdvantageOutput:
     """ReMax: A = R - R_greedy, the reward of a greedy rollout from the same prompt/start."""
     baseline = _require(batch.baseline_rewards, "baseline_rewards", "remax")
