@@ -327,8 +327,10 @@ class RunSession:
         step_key: str,
         first: int,
         tensorboard: str | Path | None = None,
+        wait: bool = False,
     ) -> None:
         self.dir = RunDir(path)
+        self.wait = wait  # for a lock another process holds (else a one-line error)
         self.identity, self.step_key, self.first = identity, step_key, first
         self.metrics = self.dir.metrics(tensorboard)
         self._lock: RunLock | None = None
@@ -338,7 +340,7 @@ class RunSession:
         return self.dir.path
 
     def __enter__(self) -> RunSession:
-        self._lock = RunLock(self.path)
+        self._lock = RunLock(self.path, self.wait)
         self._lock.__enter__()
         return self
 

@@ -316,18 +316,18 @@ def train_run(
     progress: bool = True,
     tensorboard: Path | None = None,
     variant: Variant | None = None,
+    wait: bool = False,
 ) -> Path:
-    """Train (or resume, or skip if done) one RL run and return its directory.
-
-    ``episodes``: the training-episode budget (None = the task yaml's ``rl.episodes``); the run
-    makes ceil(episodes / trajectories_per_update) updates. ``tensorboard``: a folder that also
+    """Train (or resume, or skip if done) one RL run and return its directory. ``episodes``:
+    the training-episode budget (None = the task yaml's ``rl.episodes``); the run makes
+    ceil(episodes / trajectories_per_update) updates. ``tensorboard``: a folder that also
     receives every metrics row as TensorBoard scalars. ``variant``: a named set of overrides
     applied after ``overrides``; the run lives in ``<algo>@<variant>`` and starts from the
-    variant's own clone where the variant changes the clone's settings.
+    variant's own clone where that changes the clone's settings. ``wait``: as ``train_seeds``.
     """
     boards = None if tensorboard is None else [tensorboard]
-    runs = train_seeds(task, algo, [seed], runs_dir, episodes, overrides, progress, boards, variant)
-    return runs[0]
+    args = (episodes, overrides, progress, boards, variant, wait)
+    return train_seeds(task, algo, [seed], runs_dir, *args)[0]
 
 
 def train_seeds(
@@ -340,12 +340,14 @@ def train_seeds(
     progress: bool = True,
     tensorboard: Sequence[Path | None] | None = None,
     variant: Variant | None = None,
+    wait: bool = False,
 ) -> list[Path]:
     """``train_run`` for several seeds of one (task, algorithm) at once, seed-stacked in this
     process; returns their run folders. Finished seeds are skipped; seeds at different updates
     (an interrupted earlier call) are grouped by update and each group is trained as one stack.
     A seed that diverges is marked so and the others go on; a ``DivergedError`` naming the
-    diverged seeds is raised after the rest have finished."""
+    diverged seeds is raised after the rest have finished. ``wait``: a run that another process
+    is writing is waited for (then skipped if that process finished it), not refused."""
     torch.set_num_threads(1)
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must be distinct, got {list(seeds)}")
@@ -363,8 +365,8 @@ def train_seeds(
     diverged: list[int] = []
     with ExitStack() as stack:
         sessions = {}
-        for seed, run, config, board in todo:  # a diverged seed's marker outlives the others
-            session = RunSession(run.path, run_identity(config), "update", 0, board)
+        for seed, run, config, board in sorted(todo, key=lambda r: str(r[1].path)):
+            session = RunSession(run.path, run_identity(config), "update", 0, board, wait)
             sessions[seed] = stack.enter_context(session)
         todo = [r for r in todo if not r[1].done]  # finished by a process that held a lock
         for _, run, config, _ in todo:

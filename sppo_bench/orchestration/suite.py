@@ -318,15 +318,17 @@ def run_state(spec: RunSpec, runs_dir: Path) -> str:
 
 
 def default_run_fn(*args: Any, **kwargs: Any) -> Path:
+    """``train_run`` that waits for a run another process (a second suite) is writing."""
     from sppo_bench.control.trainer import train_run
 
-    return train_run(*args, **kwargs)
+    return train_run(*args, wait=True, **kwargs)
 
 
 def default_seeds_fn(*args: Any, **kwargs: Any) -> list[Path]:
+    """``train_seeds`` that waits for runs another process (a second suite) is writing."""
     from sppo_bench.control.trainer import train_seeds
 
-    return train_seeds(*args, **kwargs)
+    return train_seeds(*args, wait=True, **kwargs)
 
 
 def default_clone_fn(
