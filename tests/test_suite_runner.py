@@ -11,7 +11,10 @@ from synthetic_runs import write_run
 from sppo_bench.cli import main
 from sppo_bench.errors import UserError
 from sppo_bench.orchestration import suite
-from sppo_bench.orchestration.suite import load_profile, plan_runs, run_state, run_suite
+from sppo_bench.orchestration.executors import make_executor
+from sppo_bench.orchestration.plan import plan_runs, run_state
+from sppo_bench.orchestration.profile import load_profile
+from sppo_bench.orchestration.suite import run_suite
 
 TASKS = ["cartpole", "mountaincar", "hopper", "lunarlander", "pendulum"]
 
@@ -92,8 +95,8 @@ def test_plan_runs_and_profile_errors(tmp_path):
             "unknown algorithm 'ppo2'; valid: bce, gae, grpo, ppo, ppo-bce, ppo-gae, reinforce",
         ),
         (lambda: plan_runs(profile, None, None, 0), "--seeds must be at least 1"),
-        (lambda: suite.make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),
-        (lambda: suite.make_executor("local", 0), "--workers must be at least 1"),
+        (lambda: make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),
+        (lambda: make_executor("local", 0), "--workers must be at least 1"),
     ]
     bad = tmp_path / "bad.yaml"
     bad.write_text(

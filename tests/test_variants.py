@@ -10,11 +10,13 @@ from synthetic_runs import write_run
 
 from sppo_bench.analysis.report import build_report
 from sppo_bench.cli import main
-from sppo_bench.control.spec import load_spec
 from sppo_bench.control.runs import requested_config, run_dir_for
+from sppo_bench.control.spec import load_spec
 from sppo_bench.control.variants import Variant, split_folder, stage_folder
 from sppo_bench.errors import UserError
-from sppo_bench.orchestration.suite import load_profile, plan_runs, run_suite
+from sppo_bench.orchestration.plan import plan_runs
+from sppo_bench.orchestration.profile import load_profile
+from sppo_bench.orchestration.suite import run_suite
 
 LAM = Variant("lam0.95", ("rl.estimator_params.ppo-gae.lam=0.95",), ("ppo-gae",))
 NOISY = Variant("noisy", ("clone.demo_noise=0.5",))

@@ -136,13 +136,9 @@ def _print_result(result) -> None:
 
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
-    from sppo_bench.orchestration.suite import (
-        check_runs_match,
-        load_profile,
-        plan_runs,
-        run_state,
-        run_suite,
-    )
+    from sppo_bench.orchestration.plan import check_runs_match, plan_runs, run_state
+    from sppo_bench.orchestration.profile import load_profile
+    from sppo_bench.orchestration.suite import run_suite
 
     profile = load_profile(args.profile)
     specs = plan_runs(profile, args.tasks, args.algos, args.seeds, args.variants, args.overrides)
@@ -285,7 +281,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Quick profile on two tasks, SPPO vs PPO-GAE; then the report and all figures."""
-    from sppo_bench.orchestration.suite import load_profile, plan_runs, run_suite
+    from sppo_bench.orchestration.plan import plan_runs
+    from sppo_bench.orchestration.profile import load_profile
+    from sppo_bench.orchestration.suite import run_suite
 
     start = time.monotonic()
     out = Path(args.out)
