@@ -14,17 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sppo_bench.config import (
-    LEARNING_RATE,
-    PROBABILITY,
-    at_least,
-    check_bounds,
-    load_config,
-    read_yaml,
-)
+from sppo_bench.config import load_config, read_yaml
 from sppo_bench.control.tasks import get_task
-from sppo_bench.core.advantages import get_estimator
+from sppo_bench.core.bounds import LEARNING_RATE, PROBABILITY, at_least, check_bounds
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
+from sppo_bench.core.registry import get_estimator
 
 # ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
 # non-editable install (``pip install .``) finds the specs too.

@@ -24,15 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from sppo_bench.config import (
-    NON_NEGATIVE,
-    POSITIVE,
-    UNIT,
-    at_least,
-    check_bounds,
-    optional,
-)
 from sppo_bench.core import get_estimator
+from sppo_bench.core.bounds import NON_NEGATIVE, POSITIVE, UNIT, at_least, check_bounds, optional
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
 from sppo_bench.errors import UserError
 
