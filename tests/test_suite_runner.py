@@ -281,3 +281,20 @@ def test_ray_executor_ships_stacked_jobs(tmp_path):
     assert stacks == [[0, 1]]  # ppo-gae's two seeds in one Ray task
     assert [str(s) for s, _ in result.failed] == ["mountaincar/ppo-gae/seed1"]
     assert len(result.finished) == 2
+
+
+def test_tail_effect_figures_select_runs_by_critic_kind(tmp_path, capsys):
+    """PPO-BCE (a per-step critic) gets its own tail-effect figure beside SPPO's runs."""
+    import shutil
+
+    for algo in ("sppo", "ppo-gae", "grpo"):
+        write_run(tmp_path, "cartpole", algo, 0, 1280)
+    base = tmp_path / "control" / "cartpole"
+    shutil.copytree(base / "ppo-gae", base / "ppo-bce")
+    config = base / "ppo-bce" / "seed0" / "config.yaml"
+    config.write_text(config.read_text().replace("ppo-gae", "ppo-bce"))
+    out = tmp_path / "figs"
+    args = ["plot", "tail-effect", "--runs-dir", str(tmp_path), "--out", str(out)]
+    assert main(args) == 0
+    names = sorted(p.name for p in out.glob("tail_effect_*.png"))
+    assert names == ["tail_effect_cartpole.png", "tail_effect_cartpole_ppo-bce.png"]

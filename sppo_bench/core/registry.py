@@ -208,3 +208,16 @@ def get_estimator(name: str) -> EstimatorSpec:
         raise UserError(
             f"unknown algorithm {name!r}; valid: {', '.join(valid_estimator_names())}"
         ) from None
+
+
+def critic_kind(name: str) -> CriticKind | None:
+    """The critic kind (``EstimatorSpec.critic``) of the algorithm ``name``, None for a name that
+    is not registered (a run folder of another version): what analysis selects runs by."""
+    key = _ALIASES.get(name)
+    return None if key is None else ESTIMATORS[key].critic
+
+
+def label(name: str) -> str:
+    """The display label of the algorithm ``name`` (``PPO-GAE``); an unregistered name as is."""
+    key = _ALIASES.get(name)
+    return name if key is None else ESTIMATORS[key].label
