@@ -19,7 +19,7 @@ from typing import Any
 from sppo_bench.config import to_dict
 from sppo_bench.control.cloning import build_policy
 from sppo_bench.control.policies import Policy, ValueNet
-from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
+from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.update import compute_autocast
 from sppo_bench.control.variants import Variant, all_overrides, folder_name
 from sppo_bench.core import EstimatorSpec, get_estimator
@@ -78,11 +78,6 @@ class SavedRun:
             critic = build_critic(spec, policy)
             ckpt.load_network("critic", critic, folder.checkpoint_path)
         return cls(run_dir, estimator, policy, critic, ckpt.step)
-
-
-def upgrade_stored_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored run config with the keys of older versions as today's."""
-    return upgrade_stored_spec(config)
 
 
 def resolved_config(

@@ -193,11 +193,6 @@ def get_task(name: str) -> TaskInfo:
     raise UserError(f"unknown task {name!r}; valid: {valid}")
 
 
-def make_task_env(name: str, render_mode: str | None = None) -> SparseTask:
-    """One sparse task environment, built directly (no Gymnasium checker wrappers)."""
-    return get_task(name).cls(render_mode=render_mode)
-
-
 def register_tasks() -> None:
     """Register every task with Gymnasium under its id (idempotent)."""
     for info in TASKS.values():

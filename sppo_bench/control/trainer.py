@@ -38,9 +38,8 @@ from sppo_bench.control.runs import (
     resolved_config,
     run_dir_for,
     run_identity,
-    upgrade_stored_config,
 )
-from sppo_bench.control.spec import TaskSpec
+from sppo_bench.control.spec import TaskSpec, upgrade_stored_spec
 from sppo_bench.control.stack import (
     StackedPolicy,
     StackedValueNet,
@@ -359,7 +358,7 @@ def train_seeds(
     for seed, board in zip(seeds, boards, strict=True):
         config = resolved_config(spec, algo, seed, variant)
         run = RunDir(run_dir_for(Path(runs_dir), spec.task, algo, seed, variant))
-        run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+        run.check_config(config, upgrade_stored_spec, remedy=RUNS_DIR_REMEDY)
         runs.append((seed, run, config, board))
     todo = [r for r in runs if not r[1].done]
     diverged: list[int] = []

@@ -122,11 +122,8 @@ def plan_runs(
 def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
     """A one-line ``UserError`` if any existing run folder of ``specs`` was made with other
     settings (its stored config differs from what this suite would train)."""
-    from sppo_bench.control.runs import (
-        RUNS_DIR_REMEDY,
-        requested_config,
-        upgrade_stored_config,
-    )
+    from sppo_bench.control.runs import RUNS_DIR_REMEDY, requested_config
+    from sppo_bench.control.spec import upgrade_stored_spec
 
     for spec in specs:
         run = RunDir(spec.run_dir(runs_dir))
@@ -134,7 +131,7 @@ def check_runs_match(specs: Sequence[RunSpec], runs_dir: Path) -> None:
             _, _, config = requested_config(
                 spec.task, spec.algo, spec.seed, spec.episodes, spec.overrides, spec.variant
             )
-            run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+            run.check_config(config, upgrade_stored_spec, remedy=RUNS_DIR_REMEDY)
 
 
 def run_state(spec: RunSpec, runs_dir: Path) -> str:
