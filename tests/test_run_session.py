@@ -133,3 +133,36 @@ def test_an_llm_resume_refuses_another_algorithms_checkpoint(tmp_path):
     shutil.copy(tmp_path / "gae/checkpoints/latest.pt", tmp_path / "sppo/checkpoints/latest.pt")
     with pytest.raises(UserError, match=r"made by .*/ppo-gae \(config \w+\), not by .*/sppo"):
         _train(_config("sppo", 2), tmp_path / "sppo")
+
+
+def test_one_control_train_resolves_the_task_and_the_algorithm_once(control_runs, capsys):
+    """A trace of ``control train``: the task name is resolved (``get_task`` on a string) once,
+    and the algorithm's name (``get_estimator``) once, apart from the keys of the spec's
+    per-estimator parameter table (``canonical_params``) and the per-update advantage call
+    (``compute_advantages`` by name, in ``control/update.py``)."""
+    from sppo_bench.cli import main
+    from sppo_bench.control.spec import canonical_params
+    from sppo_bench.control.tasks import get_task
+    from sppo_bench.core import compute_advantages, get_estimator
+
+    calls = {"task": 0, "algo": 0}
+    others = (compute_advantages.__code__, canonical_params.__code__)
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        if frame.f_code is get_task.__code__ and isinstance(frame.f_locals["name"], str):
+            calls["task"] += 1
+        elif frame.f_code is get_estimator.__code__ and frame.f_back.f_code not in others:
+            calls["algo"] += 1
+
+    args = ["control", "train", "--task", "PrecisionCartPole-v0", "--algo", "ppo", "--seed", "5"]
+    args += ["--episodes", "8", "--runs-dir", str(control_runs), "--no-progress"]
+    args += [x for s in CONTROL_RL for x in ("--set", s)]
+    sys.setprofile(profile)
+    try:
+        assert main(args) == 0
+    finally:
+        sys.setprofile(None)
+    assert calls == {"task": 1, "algo": 1}
+    assert (control_runs / "control/cartpole/ppo-gae/seed5/done").is_file()

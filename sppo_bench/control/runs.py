@@ -20,6 +20,7 @@ from sppo_bench.config import to_dict
 from sppo_bench.control.cloning import build_policy
 from sppo_bench.control.policies import Policy, ValueNet
 from sppo_bench.control.spec import TaskSpec, load_spec
+from sppo_bench.control.tasks import TaskInfo
 from sppo_bench.control.update import compute_autocast
 from sppo_bench.control.variants import Variant, all_overrides, folder_name
 from sppo_bench.core import EstimatorSpec, get_estimator
@@ -30,10 +31,15 @@ RUNS_DIR_REMEDY = "use another --runs-dir or remove that folder"
 
 
 def run_dir_for(
-    runs_dir: Path, task: str, algo: str, seed: int, variant: Variant | str | None = None
+    runs_dir: Path,
+    task: str,
+    algo: str | EstimatorSpec,
+    seed: int,
+    variant: Variant | str | None = None,
 ) -> Path:
     """``runs/control/<task>/<run name of algo>[@<variant>]/seed<seed>`` (``task`` canonical)."""
-    name = folder_name(get_estimator(algo).run_name, variant)
+    estimator = get_estimator(algo) if isinstance(algo, str) else algo
+    name = folder_name(estimator.run_name, variant)
     return stage_dir(runs_dir, task, name) / f"seed{seed}"
 
 
@@ -96,7 +102,7 @@ def run_identity(config: dict[str, Any]) -> RunIdentity:
 
 
 def requested_spec(
-    task: str,
+    task: str | TaskInfo,
     estimator: EstimatorSpec,
     episodes: int | None,
     overrides: Sequence[str],

@@ -184,8 +184,11 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
-def get_task(name: str) -> TaskInfo:
-    """Look up a task by short name or Gymnasium id (with or without ``sppo_bench/``)."""
+def get_task(name: str | TaskInfo) -> TaskInfo:
+    """Look up a task by short name or Gymnasium id (with or without ``sppo_bench/``); a
+    resolved ``TaskInfo`` is returned as it is."""
+    if isinstance(name, TaskInfo):
+        return name
     for info in TASKS.values():
         if name in (info.name, info.env_id, info.env_id.split("/", 1)[1]):
             return info

@@ -46,7 +46,7 @@ from sppo_bench.control.stack import (
     seed_optimizer_state,
     stack_optimizer_states,
 )
-from sppo_bench.control.tasks import get_task
+from sppo_bench.control.tasks import TaskInfo
 from sppo_bench.control.update import RESULT_KEYS, BatchTensors, Learner, ppo_update
 from sppo_bench.control.variants import Variant, folder_name, variant_stage_dir
 from sppo_bench.core import EstimatorSpec, get_estimator
@@ -85,7 +85,7 @@ class Trainer(SeedRollouts):
         self.estimator = get_estimator(algo) if isinstance(algo, str) else algo
         self.algo = self.estimator.run_name
         cfg = spec.rl
-        self.horizon = get_task(spec.task).horizon
+        self.horizon = spec.info.horizon
         self.batch = cfg.trajectories_per_update
         self.group = cfg.group_size if self.estimator.needs_groups else 1
         if self.batch % self.group:
@@ -108,8 +108,8 @@ class Trainer(SeedRollouts):
             self.critic_opt = torch.optim.Adam(self.critic.trainable(), lr=cfg.critic_lr)
         s = len(self.seeds)
         self.rollouts = self.batch * (2 if self.estimator.needs_greedy_baseline else 1)
-        self.train_env = make_vector_env(spec.task, s * self.rollouts, cfg.backend)
-        self.eval_env = make_vector_env(spec.task, s * cfg.n_eval, cfg.backend)
+        self.train_env = make_vector_env(spec.info, s * self.rollouts, cfg.backend)
+        self.eval_env = make_vector_env(spec.info, s * cfg.n_eval, cfg.backend)
         self.states = [
             {"update": 0, "episodes": 0, "env_steps": 0, "wall_time": 0.0} for _ in self.seeds
         ]
@@ -306,8 +306,8 @@ class Trainer(SeedRollouts):
 
 
 def train_run(
-    task: str,
-    algo: str,
+    task: str | TaskInfo,
+    algo: str | EstimatorSpec,
     seed: int,
     runs_dir: Path = Path("runs"),
     episodes: int | None = None,
@@ -330,7 +330,7 @@ def train_run(
 
 
 def train_seeds(
-    task: str,
+    task: str | TaskInfo,
     algo: str | EstimatorSpec,
     seeds: Sequence[int],
     runs_dir: Path = Path("runs"),
@@ -357,7 +357,7 @@ def train_seeds(
     runs: list[tuple[int, RunDir, dict[str, Any], Path | None]] = []
     for seed, board in zip(seeds, boards, strict=True):
         config = resolved_config(spec, algo, seed, variant)
-        run = RunDir(run_dir_for(Path(runs_dir), spec.task, algo, seed, variant))
+        run = RunDir(run_dir_for(Path(runs_dir), spec.task, estimator, seed, variant))
         run.check_config(config, upgrade_stored_spec, remedy=RUNS_DIR_REMEDY)
         runs.append((seed, run, config, board))
     todo = [r for r in runs if not r[1].done]
@@ -393,7 +393,7 @@ def train_seeds(
             todo = [r for r in todo if not r[1].done and r[0] not in diverged]
     if diverged:
         raise DivergedError(
-            f"{task}/{folder_name(algo, variant)}: seed(s) {sorted(diverged)} diverged "
+            f"{spec.task}/{folder_name(algo, variant)}: seed(s) {sorted(diverged)} diverged "
             f"(see their 'diverged' files); the other seeds finished"
         )
     return [run.path for _, run, _, _ in runs]

@@ -116,8 +116,9 @@ class EstimatorSpec:
         """``params`` updated by ``table[name or alias]`` of a config's per-estimator table
         (e.g. ``{"ppo-gae": {"lam": 0.95}}``); an unknown estimator or parameter is a one-line
         ``UserError``, as is a value outside the parameter's ``bounds``."""
-        for key in table:
-            get_estimator(key)
+        unknown_names = [key for key in table if key not in _ALIASES]
+        if unknown_names:  # the table's names are checked, not resolved
+            get_estimator(unknown_names[0])
         given: dict[str, object] = {}
         for key in (self.name, *self.aliases):
             part = table.get(key) or {}
