@@ -1,8 +1,7 @@
 """One run folder, for both tracks: its layout and the contract every trainer keeps.
 
-    runs/control/<task>/<stage>/  a control task's stages (``stage_dir``): expert, clone, and
-                                  one folder per algorithm[@variant] holding seed<k>/ runs
-
+    runs/control/<task>/<stage>/ a control task's stages (``stage_dir``): expert, clone, and
+                                 one folder per algorithm[@variant] holding seed<k>/ runs
     <run>/config.yaml            the resolved settings the run was started with
     <run>/metrics.jsonl          one JSON row per update (control) or step (LLM), appended
     <run>/checkpoints/latest.pt  the state a rerun resumes from (atomic; finite numbers only)
@@ -10,13 +9,12 @@
     <run>/diverged               the message of the DivergedError that stopped it (no done then)
     <run>/.lock                  held (flock) while a process writes the run
 
-- A rerun with other settings is refused: ``check_config`` names the first differing key.
-- The lock: folders it made are removed again if the run fails before its first metrics row.
-- Metric rows: only a torn last line is repaired (``MetricsWriter``).
-- ``RunSession``: what a trainer holds while it writes one run (the lock, the metrics file, the
-  divergence marker, ``Checkpoint``s that name what made them; a resume checks both).
-Run folders written before this contract (an LLM run's ``checkpoint.pt`` and ``done`` holding
-the step count; either track's checkpoint layout before ``Checkpoint``) are read as well.
+A rerun with other settings is refused (``check_config`` names the first differing key). The
+lock removes folders it made if the run fails before its first metrics row; only a torn last
+metrics line is repaired (``MetricsWriter``). ``RunSession``: what a trainer holds while it
+writes one run (lock, metrics, divergence marker, ``Checkpoint``s naming what made them; a
+resume checks both). Older run folders (an LLM run's ``checkpoint.pt``, a ``done`` holding the
+step count, either track's checkpoint layout before ``Checkpoint``) are read as well.
 """
 
 from __future__ import annotations
@@ -153,15 +151,12 @@ class RunDir:
 
     def done_summary(self) -> dict[str, Any]:
         """The ``done`` marker's summary (an old LLM run's step count as ``{"step": N}``)."""
-        text = self.done_path.read_text()
         try:
-            summary = json.loads(text)
+            summary = json.loads(self.done_path.read_text())
         except json.JSONDecodeError:
             summary = None
-        if isinstance(summary, dict):
-            return summary
-        if isinstance(summary, int):
-            return {"step": summary}
+        if isinstance(summary, dict | int):
+            return summary if isinstance(summary, dict) else {"step": summary}
         raise UserError(f"{str(self.done_path)!r} is not a done marker; remove it to rerun")
 
     def mark_done(self, summary: Mapping[str, Any]) -> None:
@@ -332,8 +327,17 @@ class RunSession:
         self.dir = RunDir(path)
         self.wait = wait  # for a lock another process holds (else a one-line error)
         self.identity, self.step_key, self.first = identity, step_key, first
-        self.metrics = self.dir.metrics(tensorboard)
+        self.tensorboard = tensorboard
+        self._metrics: MetricsWriter | None = None
         self._lock: RunLock | None = None
+
+    @property
+    def metrics(self) -> MetricsWriter:
+        """The metrics file's writer, made at the first use (after the lock: a folder that the
+        lock made is removed again if the run fails before its first row)."""
+        if self._metrics is None:
+            self._metrics = self.dir.metrics(self.tensorboard)
+        return self._metrics
 
     @property
     def path(self) -> Path:
@@ -347,7 +351,8 @@ class RunSession:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if isinstance(exc, DivergedError):
             mark_diverged(self.path, exc)
-        self.metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.__exit__(exc_type, exc, tb)
