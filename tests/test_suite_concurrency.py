@@ -7,6 +7,7 @@ import multiprocessing
 import sys
 from pathlib import Path
 
+import pytest
 from test_control_pipeline import TINY_CLONE, TINY_EXPERT, TINY_RL
 
 from sppo_bench.orchestration.suite import RunSpec, run_suite
@@ -52,5 +53,9 @@ def test_two_identical_suites_at_once_both_succeed(tmp_path):
         assert result["failed"] == []
         assert sorted(result["finished"] + result["skipped"]) == names
     _suite(str(tmp_path / "alone"), 1, str(tmp_path / "alone.json"))
-    for spec in SPECS:
-        assert _rows(spec.run_dir(tmp_path / "runs")) == _rows(spec.run_dir(tmp_path / "alone"))
+    for spec in SPECS:  # a seed-stacked job agrees with a single run up to float rounding
+        alone = _rows(spec.run_dir(tmp_path / "alone"))
+        both = _rows(spec.run_dir(tmp_path / "runs"))
+        assert len(both) == len(alone)
+        for row, other in zip(both, alone, strict=True):
+            assert row == pytest.approx(other, rel=1e-4, abs=1e-6)
