@@ -27,9 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("sppo_bench", "tests", "envs", "llm", "pyproject.toml")
-CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py")
-LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py")
+SETTINGS_TESTS = ("tests/test_settings_reach_the_update.py",)
+CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py", *SETTINGS_TESTS)
+LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py", *SETTINGS_TESTS)
 STACK_TESTS = ("tests/test_seed_stack.py",)
+SESSION_TESTS = ("tests/test_run_session.py", "tests/test_llm_trainer.py")
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,14 @@ BUGS = (
     ),
     Bug(
         "control-lr-ignored",
-        "sppo_bench/control/loop.py",
+        "sppo_bench/control/trainer.py",
         r"torch\.optim\.Adam\(self\.policy\.trainable\(\), lr=cfg\.lr\)",
         "torch.optim.Adam(self.policy.trainable())",
         CONTROL_TESTS,
     ),
     Bug(
         "control-critic-never-steps",
-        "sppo_bench/control/loop.py",
+        "sppo_bench/control/trainer.py",
         r"self\.critic_opt = torch\.optim\.Adam\(",
         "self.critic_opt = None and torch.optim.Adam(",
         CONTROL_TESTS,
@@ -104,8 +106,8 @@ BUGS = (
     Bug(
         "stack-pools-batch-mean",  # REINFORCE's batch-mean baseline taken over all seeds
         "sppo_bench/core/advantages.py",
-        r'@register\("reinforce", batch_wide=True\)',
-        '@register("reinforce")',
+        r'@register\("reinforce", batch_wide=True,',
+        '@register("reinforce",',
         STACK_TESTS,
     ),
     Bug(
@@ -121,6 +123,69 @@ BUGS = (
         r'"clone": \("expert", "policy", "clone"\)',
         '"clone": ("expert", "policy")',
         ("tests/test_variants.py",),
+    ),
+    Bug(
+        "entropy-bonus-ignored",  # both tracks build their phase settings from PPOConfig
+        "sppo_bench/core/ppo.py",
+        r"entropy_coef=self\.entropy_coef",
+        "entropy_coef=0.0",
+        SETTINGS_TESTS,
+    ),
+    Bug(
+        "dual-clip-ignored",
+        "sppo_bench/core/ppo.py",
+        r"dual_clip=self\.dual_clip",
+        "dual_clip=None",
+        SETTINGS_TESTS,
+    ),
+    Bug(
+        "grad-clip-constant",
+        "sppo_bench/core/ppo.py",
+        r"max_grad_norm=self\.max_grad_norm",
+        "max_grad_norm=1.0",
+        SETTINGS_TESTS,
+    ),
+    Bug(
+        "aggregation-constant",
+        "sppo_bench/core/ppo.py",
+        r"aggregation=self\.aggregation",
+        'aggregation="token-mean"',
+        SETTINGS_TESTS,
+    ),
+    Bug(
+        "llm-epochs-ignored",
+        "sppo_bench/llm/trainer.py",
+        r"minibatch_schedule\(len\(batch\), cfg\.algo\.epochs,",
+        "minibatch_schedule(len(batch), 1,",
+        LLM_TESTS,
+    ),
+    Bug(
+        "llm-value-clip-ignored",
+        "sppo_bench/llm/trainer.py",
+        r"settings = cfg\.algo\.settings\(cfg\.algo\.value_clip, micro\)",
+        "settings = cfg.algo.settings(None, micro)",
+        LLM_TESTS,
+    ),
+    Bug(
+        "session-rng-not-restored",  # a resumed run samples from a fresh torch stream
+        "sppo_bench/rundir.py",
+        r'torch\.set_rng_state\(_cpu_bytes\(state\["torch"\]\)\)',
+        "pass",
+        SESSION_TESTS,
+    ),
+    Bug(
+        "session-identity-unchecked",  # another run's checkpoint resumed as this run's
+        "sppo_bench/rundir.py",
+        r"if ckpt\.identity is not None and ckpt\.identity != self\.identity:",
+        "if False:",
+        SESSION_TESTS,
+    ),
+    Bug(
+        "session-history-unchecked",  # a metrics file with a gap resumed as if whole
+        "sppo_bench/rundir.py",
+        r"if steps != list\(range\(self\.first, last \+ 1\)\) or last < ckpt\.step:",
+        "if False:",
+        SESSION_TESTS,
     ),
     Bug(
         "llm-estimator-params-dropped",

@@ -263,11 +263,13 @@ class RunLock:
     ``flock`` locks die with their process, so a lock left by a killed process is recognised as
     stale and taken over. A folder locked by a live process is a ``UserError`` naming its PID.
     Usable as a context manager. Folders it creates are removed again if the body fails before
-    writing any metrics (a refused or crashed start leaves nothing behind).
+    writing any metrics (a refused or crashed start leaves nothing behind). ``wait=True``: a
+    folder locked by a live process is waited for instead (a second suite of the same runs).
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], wait: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.wait = wait
         self._fd: int | None = None
         self._created: Path | None = None  # the outermost folder this lock made
 
@@ -280,7 +282,7 @@ class RunLock:
         path = self.run_dir / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
@@ -301,6 +303,21 @@ class RunLock:
         started = (self.run_dir / "metrics.jsonl").exists()
         if exc_type is not None and self._created is not None and not started:
             shutil.rmtree(self._created, ignore_errors=True)
+
+
+@contextmanager
+def waiting_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an OS file lock on ``path`` (made if missing), waiting while another process holds
+    it: work that two processes may start at once (a task's expert and clone stages) runs once.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def replace_dir(dest: str | os.PathLike[str], build: Callable[[Path], Any]) -> Any:

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from sppo_bench.core import AdvantageInput, algorithm_names, compute_advantages, get_estimator
+from sppo_bench.core import (
+    ESTIMATORS,
+    AdvantageInput,
+    algorithm_names,
+    compute_advantages,
+    get_estimator,
+)
 from sppo_bench.errors import UserError
 
 
@@ -250,3 +256,38 @@ def test_ppo_bce_shares_gae_parameters_and_needs_step_logits():
     batch.step_logits = None
     with pytest.raises(UserError, match="needs AdvantageInput.step_logits"):
         compute_advantages("ppo-bce", batch)
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"gae": {"lam": -1}}, r"estimator_params.ppo-gae.lam=-1 is out of range; valid: a number"),
+        ({"ppo": {"lam": 2}}, r"ppo-gae.lam=2 is out of range"),
+        ({"gae": {"gamma": float("nan")}}, r"ppo-gae.gamma=nan is out of range"),
+        ({"gae": {"gamma": "abc"}}, r"ppo-gae.gamma='abc' is out of range"),
+        ({"gae": {"lam": [1, 2]}}, r"ppo-gae.lam=\[1, 2\] is out of range"),
+        ({"ppo-bce": {"lam": 1.5}}, r"ppo-bce.lam=1.5 is out of range"),
+        ({"grpo": {"eps": 0}}, r"grpo.eps=0 is out of range; valid: a finite number > 0"),
+        ({"grpo": {"normalize_std": "yes"}}, r"normalize_std='yes' is out of range; valid: true"),
+        ({"reinforce": {"baseline": "max"}}, r"baseline='max' is out of range; valid: one of"),
+        ({"gae": 3}, r"estimator_params.gae must be a mapping"),
+    ],
+)
+def test_estimator_parameters_are_bounded_beside_their_defaults(table, message):
+    name = next(iter(table))
+    with pytest.raises(UserError, match=message):
+        get_estimator(name).configured_params(table)
+    for spec in ESTIMATORS.values():  # every parameter has a bound, and its default is in it
+        assert set(spec.bounds) == set(spec.params)
+        assert all(spec.bounds[k][0](v) for k, v in spec.params.items())
+
+
+def test_an_out_of_range_estimator_parameter_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    from sppo_bench.cli import main
+
+    args = ["control", "train", "--task", "cartpole", "--algo", "ppo-gae", "--no-progress"]
+    args += ["--runs-dir", str(tmp_path), "--set", "rl.estimator_params.gae.lam=-1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ppo-gae.lam=-1 is out of range" in err
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,7 @@ from sppo_bench.control import rules
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import EpisodeVectorEnv, make_vector_env, resolve_backend
 from sppo_bench.control.spec import load_spec
-from sppo_bench.control.tasks import TASKS, get_task, make_task_env
+from sppo_bench.control.tasks import TASKS, get_task
 from sppo_bench.errors import UserError
 
 HORIZONS = {
@@ -47,7 +47,7 @@ def test_spec_matches_rules(name):
 def test_binary_terminal_reward_and_horizon(name):
     """Random and constant policies: rewards in {0, 1}, only on the last step, agreeing with
     info["success"]; the episode never passes H; reaching H is a truncation."""
-    env = make_task_env(name)
+    env = get_task(name).cls()
     rng = np.random.default_rng(0)
     for episode in range(3):
         env.reset(seed=episode)
@@ -74,7 +74,7 @@ def _at_last_step(env, name):
 
 
 def test_cartpole_success_rule_on_constructed_states():
-    env = make_task_env("cartpole")
+    env = get_task("cartpole").cls()
     cases = [((0.0, 0.0, 0.0, 0.0), True), ((0.0, 0.0, 0.03, 0.0), False)]
     for state, expected in cases:
         env.reset(seed=0)
@@ -96,7 +96,7 @@ def test_cartpole_success_rule_on_constructed_states():
 
 
 def test_mountaincar_success_ends_the_episode():
-    env = make_task_env("mountaincar")
+    env = get_task("mountaincar").cls()
     env.reset(seed=0)
     env.unwrapped.state = np.array([0.44, 0.02])
     obs, reward, terminated, truncated, info = env.step(2)
@@ -113,7 +113,7 @@ def test_mountaincar_success_ends_the_episode():
     [(1.5, None, False, True), (0.9, None, False, False), (1.5, 0.5, True, False)],
 )
 def test_hopper_success_rule_on_constructed_states(x, z, expected_terminated, expected_success):
-    env = make_task_env("hopper")
+    env = get_task("hopper").cls()
     env.reset(seed=0)
     base = env.unwrapped
     qpos, qvel = base.init_qpos.copy(), base.init_qvel.copy()
@@ -140,7 +140,7 @@ def test_hopper_success_rule_on_constructed_states(x, z, expected_terminated, ex
     ],
 )
 def test_lunarlander_success_rule_on_constructed_states(x, legs, crashed, expected):
-    env = make_task_env("lunarlander")
+    env = get_task("lunarlander").cls()
     env.reset(seed=0)
     obs = np.zeros(8, dtype=np.float32)
     obs[0], obs[6], obs[7] = x, *legs
@@ -150,7 +150,7 @@ def test_lunarlander_success_rule_on_constructed_states(x, legs, crashed, expect
 
 
 def test_lunarlander_off_screen_is_a_crash():
-    env = make_task_env("lunarlander")
+    env = get_task("lunarlander").cls()
     env.reset(seed=0)
     obs = np.zeros(8, dtype=np.float32)
     obs[0], obs[6], obs[7] = 1.0, 1, 1
@@ -159,7 +159,7 @@ def test_lunarlander_off_screen_is_a_crash():
 
 @pytest.mark.parametrize("theta, expected", [(0.1, True), (math.pi, False), (1.0, False)])
 def test_pendulum_success_rule_on_constructed_states(theta, expected):
-    env = make_task_env("pendulum")
+    env = get_task("pendulum").cls()
     env.reset(seed=0)
     env.unwrapped.state = np.array([theta, 0.0])
     _at_last_step(env, "pendulum")
@@ -169,7 +169,7 @@ def test_pendulum_success_rule_on_constructed_states(theta, expected):
 
 
 def test_continuous_actions_are_clipped():
-    env = make_task_env("pendulum")
+    env = get_task("pendulum").cls()
     env.reset(seed=0)
     env.unwrapped.state = np.array([0.0, 0.0])
     env.step(np.array([100.0], dtype=np.float32))

@@ -1,8 +1,10 @@
 """The CPU toy task: generator, worked solutions through the real verifier, splits, warm start,
 and the report's arithmetic (who reached what, when)."""
 
+import ast
 import importlib.util
 import json
+import operator
 import re
 from pathlib import Path
 
@@ -33,13 +35,34 @@ from sppo_bench.llm.toy.task import (
     Chain,
     WarmStartConfig,
     build_warm_start,
-    evaluate_expression,
     sft_batch,
     sft_step,
     split_chains,
 )
 from sppo_bench.llm.verifier import Verifier
 from sppo_bench.llm.warm_start import initial_policy_state, load_initial_weights
+
+
+def evaluate_expression(text: str) -> int:
+    """The integer value of an expression of integers, ``+ - *`` and parentheses (nothing
+    else): an oracle independent of the generator's own answers."""
+
+    def walk(node: ast.AST) -> int:
+        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
+            return _AST_OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        raise UserError(f"not a +-* integer expression: {text!r}")
+
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise UserError(f"not a +-* integer expression: {text!r}") from exc
+    return walk(tree.body)
+
+
+_AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
 
 LINE = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
 ROOT = Path(__file__).resolve().parents[1]

@@ -92,8 +92,9 @@ def test_train_checkpoint_and_resume_reproduce_an_uninterrupted_run(tmp_path, al
     if algo == "sppo":
         # the critic starts at V = 0.5 and learns; the advantage R - V is non-zero, so the
         # policy moves
-        assert row["value_mean"] == pytest.approx(0.5)
-        assert straight[-1]["critic_brier"] != row["critic_brier"] and "losses/value" in row
+        assert row["value/mean"] == pytest.approx(0.5)
+        assert row["value/brier"] == pytest.approx(0.25)  # (0.5 - R)^2 for R in {0, 1}
+        assert straight[-1]["value/brier"] != row["value/brier"] and "losses/value" in row
         assert changed
     assert row["rollout_log_prob_gap"] < 1e-4
 

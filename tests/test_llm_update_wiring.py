@@ -44,12 +44,14 @@ def _alternating(first: float):
     return lambda texts, golds: [first if i % 2 == 0 else 1.0 - first for i in range(len(texts))]
 
 
-def _grpo_advantage(reward: torch.Tensor, groups: torch.Tensor, normalize_std: bool):
+def _grpo_advantage(
+    reward: torch.Tensor, groups: torch.Tensor, normalize_std: bool, eps: float = 1e-6
+):
     out = torch.zeros_like(reward)
     for g in groups.unique():
         r = reward[groups == g]
         a = r - r.mean()
-        out[groups == g] = a / (r.std(unbiased=False) + 1e-6) if normalize_std else a
+        out[groups == g] = a / (r.std(unbiased=False) + eps) if normalize_std else a
     return out
 
 

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = """
 import sppo_bench, sys
 from sppo_bench.control.spec import ENVS_DIR, load_spec
-from sppo_bench.orchestration.suite import load_profile
+from sppo_bench.orchestration.profile import load_profile
 assert sppo_bench.__file__.startswith(sys.argv[1]), sppo_bench.__file__
 assert str(ENVS_DIR).startswith(sys.argv[1]), ENVS_DIR
 print(load_spec("hopper").horizon, load_profile("quick").name)

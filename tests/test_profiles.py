@@ -3,9 +3,10 @@
 import pytest
 
 from sppo_bench.cli import main
-from sppo_bench.control.trainer import requested_config
+from sppo_bench.control.runs import requested_config
 from sppo_bench.core import get_estimator
-from sppo_bench.orchestration.suite import available_profiles, load_profile, plan_runs
+from sppo_bench.orchestration.plan import plan_runs
+from sppo_bench.orchestration.profile import available_profiles, load_profile
 
 ABLATIONS = (
     "ablation-lambda",

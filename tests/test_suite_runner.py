@@ -11,7 +11,10 @@ from synthetic_runs import write_run
 from sppo_bench.cli import main
 from sppo_bench.errors import UserError
 from sppo_bench.orchestration import suite
-from sppo_bench.orchestration.suite import load_profile, plan_runs, run_state, run_suite
+from sppo_bench.orchestration.executors import make_executor
+from sppo_bench.orchestration.plan import plan_runs, run_state
+from sppo_bench.orchestration.profile import load_profile
+from sppo_bench.orchestration.suite import run_suite
 
 TASKS = ["cartpole", "mountaincar", "hopper", "lunarlander", "pendulum"]
 
@@ -92,8 +95,8 @@ def test_plan_runs_and_profile_errors(tmp_path):
             "unknown algorithm 'ppo2'; valid: bce, gae, grpo, ppo, ppo-bce, ppo-gae, reinforce",
         ),
         (lambda: plan_runs(profile, None, None, 0), "--seeds must be at least 1"),
-        (lambda: suite.make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),
-        (lambda: suite.make_executor("local", 0), "--workers must be at least 1"),
+        (lambda: make_executor("dask", 2), "unknown executor 'dask'; valid: local, ray"),
+        (lambda: make_executor("local", 0), "--workers must be at least 1"),
     ]
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -278,3 +281,20 @@ def test_ray_executor_ships_stacked_jobs(tmp_path):
     assert stacks == [[0, 1]]  # ppo-gae's two seeds in one Ray task
     assert [str(s) for s, _ in result.failed] == ["mountaincar/ppo-gae/seed1"]
     assert len(result.finished) == 2
+
+
+def test_tail_effect_figures_select_runs_by_critic_kind(tmp_path, capsys):
+    """PPO-BCE (a per-step critic) gets its own tail-effect figure beside SPPO's runs."""
+    import shutil
+
+    for algo in ("sppo", "ppo-gae", "grpo"):
+        write_run(tmp_path, "cartpole", algo, 0, 1280)
+    base = tmp_path / "control" / "cartpole"
+    shutil.copytree(base / "ppo-gae", base / "ppo-bce")
+    config = base / "ppo-bce" / "seed0" / "config.yaml"
+    config.write_text(config.read_text().replace("ppo-gae", "ppo-bce"))
+    out = tmp_path / "figs"
+    args = ["plot", "tail-effect", "--runs-dir", str(tmp_path), "--out", str(out)]
+    assert main(args) == 0
+    names = sorted(p.name for p in out.glob("tail_effect_*.png"))
+    assert names == ["tail_effect_cartpole.png", "tail_effect_cartpole_ppo-bce.png"]

@@ -10,11 +10,13 @@ from synthetic_runs import write_run
 
 from sppo_bench.analysis.report import build_report
 from sppo_bench.cli import main
+from sppo_bench.control.runs import requested_config, run_dir_for
 from sppo_bench.control.spec import load_spec
-from sppo_bench.control.trainer import requested_config, run_dir_for
 from sppo_bench.control.variants import Variant, split_folder, stage_folder
 from sppo_bench.errors import UserError
-from sppo_bench.orchestration.suite import load_profile, plan_runs, run_suite
+from sppo_bench.orchestration.plan import plan_runs
+from sppo_bench.orchestration.profile import load_profile
+from sppo_bench.orchestration.suite import run_suite
 
 LAM = Variant("lam0.95", ("rl.estimator_params.ppo-gae.lam=0.95",), ("ppo-gae",))
 NOISY = Variant("noisy", ("clone.demo_noise=0.5",))
@@ -228,7 +230,8 @@ def test_a_variant_never_reuses_a_clone_made_with_other_settings(tmp_path):
 def test_runs_and_clones_stored_before_demo_noise_stay_valid(tmp_path):
     """A config.yaml written before clone.demo_noise existed reads as demo_noise = 0."""
     from sppo_bench.control.expert import check_stage_config
-    from sppo_bench.control.trainer import RUNS_DIR_REMEDY, upgrade_stored_config
+    from sppo_bench.control.runs import RUNS_DIR_REMEDY
+    from sppo_bench.control.spec import upgrade_stored_spec
     from sppo_bench.rundir import RunDir
 
     _, spec, config = requested_config("cartpole", "sppo", 0, None, [])
@@ -237,12 +240,12 @@ def test_runs_and_clones_stored_before_demo_noise_stay_valid(tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     run.config_path.write_text(yaml.safe_dump(old))
-    run.check_config(config, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+    run.check_config(config, upgrade_stored_spec, remedy=RUNS_DIR_REMEDY)
     # a run made with --set rl.estimator_params.ppo-gae.lam=0.95 before aliases were merged
     _, _, lam = requested_config("cartpole", "ppo-gae", 0, None, [LAM.overrides[0]])
     old["rl"]["estimator_params"] = {"gae": {"gamma": 1.0, "lam": 1.0}, "ppo-gae": {"lam": 0.95}}
     run.config_path.write_text(yaml.safe_dump({**old, "algo": "ppo-gae"}))
-    run.check_config(lam, upgrade_stored_config, remedy=RUNS_DIR_REMEDY)
+    run.check_config(lam, upgrade_stored_spec, remedy=RUNS_DIR_REMEDY)
     (tmp_path / "clone").mkdir()
     (tmp_path / "clone" / "config.yaml").write_text(yaml.safe_dump(old))
     check_stage_config(tmp_path / "clone", spec, ["clone"], ["clone.demo_noise=0.0"])

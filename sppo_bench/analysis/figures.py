@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from sppo_bench.analysis.runs import DEFAULT_METRIC, Run, load_values  # noqa: E402
 from sppo_bench.analysis.stats import auroc, correlations, mean_ci_over_runs  # noqa: E402
 from sppo_bench.control.variants import split_folder  # noqa: E402
+from sppo_bench.core.registry import critic_kind, label  # noqa: E402
 from sppo_bench.errors import UserError  # noqa: E402
 
 TASK_TITLES = {
@@ -37,15 +38,6 @@ TASK_TITLES = {
     "hopper": "Hopper",
     "lunarlander": "LunarLander",
     "pendulum": "Pendulum",
-}
-ALGO_LABELS = {
-    "sppo": "SPPO",
-    "ppo-gae": "PPO-GAE",
-    "ppo-bce": "PPO-BCE",
-    "grpo": "GRPO",
-    "rloo": "RLOO",
-    "remax": "ReMax",
-    "reinforce": "REINFORCE",
 }
 ALGO_COLORS = {  # Okabe-Ito, colour-blind safe
     "sppo": "#D55E00",
@@ -73,7 +65,7 @@ def task_order(task: str) -> tuple[int, str]:
 def algo_label(algo: str) -> str:
     """Display name of an algorithm or a run label: ``PPO-GAE``, ``PPO-GAE @ lam0.95``."""
     base, variant = split_folder(algo)
-    name = ALGO_LABELS.get(base, base)
+    name = label(base)
     return name if variant is None else f"{name} @ {variant}"
 
 
@@ -223,8 +215,8 @@ def _plot_value_traces(
 def plot_tail_effect(runs: Sequence[Run], task: str, out: Path, max_lines: int = 15) -> Path:
     """The tail-effect figure for ``task``: PPO-GAE V(s_t) by outcome at three training stages,
     and SPPO V(s_0) by outcome beside it. Episodes are pooled over seeds."""
-    gae = [r for r in runs if r.task == task and r.algo == "ppo-gae"]
-    sppo = [r for r in runs if r.task == task and r.algo == "sppo"]
+    gae = [r for r in runs if r.task == task and critic_kind(r.algo) in ("step", "step-bce")]
+    sppo = [r for r in runs if r.task == task and critic_kind(r.algo) == "sequence"]
     gae_files, sppo_files = _stage_files(gae), _stage_files(sppo)
     if not gae_files["late"] and not sppo_files["late"]:
         raise UserError(
@@ -260,7 +252,8 @@ def plot_tail_effect(runs: Sequence[Run], task: str, out: Path, max_lines: int =
         )
         ax.plot([], [], " ", label=f"AUROC at t=0: {a0:.2f}; at last step: {a_end:.2f}")
         episodes = np.nanmean([_episodes_at(r, u) for r, u, _ in items])
-        ax.set_title(f"PPO-GAE critic V(s_t), {stage}: {episodes:,.0f} training episodes")
+        names = " / ".join(sorted({label(r.algo) for r in gae}))
+        ax.set_title(f"{names} critic V(s_t), {stage}: {episodes:,.0f} training episodes")
         ax.set_xlabel("time step t")
         ax.set_ylabel("V(s_t)  (predicted success probability)")
         ax.set_ylim(-0.05, 1.05)

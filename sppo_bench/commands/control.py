@@ -128,11 +128,11 @@ def run_clone(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from sppo_bench.control.trainer import train_run
 
-    task = get_task(args.task).name
+    task = get_task(args.task)  # the task and the algorithm are resolved here, once
     overrides, variant = _split(args)
     out = train_run(
         task,
-        get_estimator(args.algo).run_name,
+        get_estimator(args.algo),
         args.seed,
         args.runs_dir,
         args.episodes,

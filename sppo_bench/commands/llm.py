@@ -60,24 +60,24 @@ def _config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from sppo_bench.config import to_dict
-    from sppo_bench.llm.trainer import BUDGET_KEYS, RUN_DIR_REMEDY, LLMTrainer
+    from sppo_bench.llm.trainer import LLMTrainer, open_session
 
     torch.set_num_threads(args.threads)
     cfg = _config(args)
     run_dir = Path(args.run_dir or Path(cfg.train.output_dir) / cfg.algo.name)
     run = RunDir(run_dir)
-    run.check_config(to_dict(cfg), ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY)
-    if run.done:
-        done = int(run.done_summary().get("step", 0))
-        if done >= cfg.train.steps:
-            print(f"{run_dir}: finished ({done} steps); nothing to do")
-            return 0
-    trainer = LLMTrainer(cfg, run_dir, tensorboard=getattr(args, "tensorboard", None))
-    try:
-        rows = trainer.train()
-    finally:
-        trainer.close()
+    board = getattr(args, "tensorboard", None)
+    with open_session(cfg, run_dir, board) as session:  # settings checked, lock held
+        if run.done:
+            done = int(run.done_summary().get("step", 0))
+            if done >= cfg.train.steps:
+                print(f"{run_dir}: finished ({done} steps); nothing to do")
+                return 0
+        trainer = LLMTrainer(cfg, run_dir, tensorboard=board, session=session)
+        try:
+            rows = trainer.train()
+        finally:
+            trainer.close()
     if rows:
         print(json.dumps({k: rows[-1][k] for k in ("step", "reward_mean", "time_step")}))
     print(f"run folder: {run_dir}")

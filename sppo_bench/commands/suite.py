@@ -136,13 +136,9 @@ def _print_result(result) -> None:
 
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
-    from sppo_bench.orchestration.suite import (
-        check_runs_match,
-        load_profile,
-        plan_runs,
-        run_state,
-        run_suite,
-    )
+    from sppo_bench.orchestration.plan import check_runs_match, plan_runs, run_state
+    from sppo_bench.orchestration.profile import load_profile
+    from sppo_bench.orchestration.suite import run_suite
 
     profile = load_profile(args.profile)
     specs = plan_runs(profile, args.tasks, args.algos, args.seeds, args.variants, args.overrides)
@@ -229,15 +225,7 @@ def draw_figure(
     if figure == "calibration":
         return [figures.plot_calibration(runs, out_dir / FIGURE_NAMES["calibration"])]
     if figure == "tail-effect":
-        drawn = []
-        for task in sorted({r.task for r in runs}, key=figures.task_order):
-            task_runs = [r for r in runs if r.task == task]
-            if any(r.algo in ("ppo-gae", "sppo") and r.value_files() for r in task_runs):
-                out = out_dir / f"tail_effect_{task}.png"
-                drawn.append(figures.plot_tail_effect(task_runs, task, out))
-        if not drawn:
-            raise UserError(f"no ppo-gae or sppo runs with values files under {str(runs_dir)!r}")
-        return drawn
+        return _tail_effect_figures(runs, runs_dir, out_dir)
     raise UserError(f"unknown figure {figure!r}; valid: curves, tail-effect, calibration, phase")
 
 
@@ -267,6 +255,27 @@ def draw_phase(
     return drawn
 
 
+def _tail_effect_figures(runs: list, runs_dir: Path, out_dir: Path) -> list[Path]:
+    """Per task, one tail-effect figure per algorithm with a per-step critic (runs chosen by the
+    registry's critic kind: PPO-GAE in ``tail_effect_<task>.png``, PPO-BCE in
+    ``tail_effect_<task>_ppo-bce.png``), each beside the sequence critic's (SPPO) runs."""
+    from sppo_bench.analysis import figures
+    from sppo_bench.core.registry import critic_kind
+
+    drawn = []
+    for task in sorted({r.task for r in runs}, key=figures.task_order):
+        task_runs = [r for r in runs if r.task == task and r.value_files()]
+        sequence = [r for r in task_runs if critic_kind(r.algo) == "sequence"]
+        steps = sorted({r.algo for r in task_runs if critic_kind(r.algo) in ("step", "step-bce")})
+        for algo in steps or ([None] if sequence else []):
+            chosen = sequence + [r for r in task_runs if r.algo == algo]
+            name = f"tail_effect_{task}" + ("" if algo in (None, "ppo-gae") else f"_{algo}")
+            drawn.append(figures.plot_tail_effect(chosen, task, out_dir / f"{name}.png"))
+    if not drawn:
+        raise UserError(f"no runs with a critic and values files under {str(runs_dir)!r}")
+    return drawn
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     paths = draw_figure(
         args.figure,
@@ -285,7 +294,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Quick profile on two tasks, SPPO vs PPO-GAE; then the report and all figures."""
-    from sppo_bench.orchestration.suite import load_profile, plan_runs, run_suite
+    from sppo_bench.orchestration.plan import plan_runs
+    from sppo_bench.orchestration.profile import load_profile
+    from sppo_bench.orchestration.suite import run_suite
 
     start = time.monotonic()
     out = Path(args.out)

@@ -20,12 +20,11 @@ from sppo_bench.control.cloning import load_policy
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.evaluation import evaluate, policy_actor
-from sppo_bench.control.expert import variant_stage_dir
-from sppo_bench.control.spec import TaskSpec, load_spec
+from sppo_bench.control.runs import SavedRun, run_dir_for
+from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
 from sppo_bench.control.tasks import get_task
-from sppo_bench.control.trainer import SavedRun, run_dir_for, upgrade_stored_config
 from sppo_bench.control.update import critic_values
-from sppo_bench.control.variants import Variant, all_overrides
+from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_write_bytes
 from sppo_bench.rundir import RunDir
@@ -38,7 +37,7 @@ def load_run(
 ) -> SavedRun:
     """A run's policy and critic from its ``config.yaml`` and latest checkpoint."""
     run_dir = run_dir_for(runs_dir, task, algo, seed, variant)
-    config = RunDir(run_dir).stored_config(upgrade_stored_config)
+    config = RunDir(run_dir).stored_config(upgrade_stored_spec)
     if config is None:
         raise UserError(f"no run at {str(run_dir)!r}; train it first")
     name = config.pop("algo")

@@ -301,12 +301,3 @@ BATCHED_TASKS: dict[str, type[_BatchedSparseEnv]] = {  # the numpy dynamics of t
     cls.task_id: cls
     for cls in (PrecisionCartPoleBatched, SparseMountainCarBatched, SparsePendulumBatched)
 }
-
-
-def make_batched_env(task: str, num_envs: int) -> _BatchedSparseEnv:
-    """``num_envs`` batched copies of ``task`` (a key of ``BATCHED_TASKS``, with or without the
-    ``sppo_bench/`` prefix)."""
-    key = task if task.startswith("sppo_bench/") else f"sppo_bench/{task}"
-    if key not in BATCHED_TASKS:
-        raise KeyError(f"no batched dynamics for {task!r}; valid: {', '.join(BATCHED_TASKS)}")
-    return BATCHED_TASKS[key](num_envs)

@@ -34,12 +34,10 @@ from sppo_bench.control.expert import (
     ExpertActor,
     check_stage_config,
     evaluate_actor,
-    variant_stage_dir,
 )
 from sppo_bench.control.policies import Policy
 from sppo_bench.control.spec import TaskSpec, load_spec
-from sppo_bench.control.tasks import get_task
-from sppo_bench.control.variants import Variant, all_overrides
+from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
 
@@ -49,7 +47,7 @@ NOISE_STREAM = 7  # the demo-noise generator: numpy.random.default_rng([NOISE_ST
 
 def build_policy(spec: TaskSpec, log_std: float | None = None) -> Policy:
     """An untrained policy network for the task, shaped from its spaces and ``spec.policy``."""
-    env = get_task(spec.task).cls()
+    env = spec.info.cls()
     obs_dim, discrete, action_dim = space_dims(EpisodeVectorEnv([env]))
     return Policy(
         obs_dim,
@@ -81,7 +79,7 @@ def expert_demonstrations(spec: TaskSpec, expert: ExpertActor) -> tuple[Any, int
     kept, tried, chunk = [], 0, 16
     while sum(len(b.lengths) for b in kept) < cfg.episodes and tried < cfg.max_rollouts:
         n = min(chunk, cfg.max_rollouts - tried)
-        _, batches = evaluate_actor(spec.task, expert, n, CLONE_SEED + tried, num_envs=n)
+        _, batches = evaluate_actor(spec.info, expert, n, CLONE_SEED + tried, num_envs=n)
         tried += n
         if not cfg.only_successful:
             kept += batches
@@ -165,7 +163,7 @@ def clone_expert(
     keep = demos.mask.astype(bool)
     obs, actions = demos.obs[keep], demos.actions[keep]
     if spec.clone.demo_noise > 0:
-        space = get_task(spec.task).cls().action_space
+        space = spec.info.cls().action_space
         rng = np.random.default_rng([NOISE_STREAM, seed])
         actions = noisy_actions(actions, spec.clone.demo_noise, space, rng)
     policy = build_policy(spec)
@@ -173,10 +171,10 @@ def clone_expert(
     save_policy(out / "policy.pt", policy, spec)
     fit_time = time.time() - start
     n_eval = spec.clone.eval_episodes
-    venv = make_vector_env(spec.task, min(32, n_eval), backend="gymnasium")
+    venv = make_vector_env(spec.info, min(32, n_eval), backend="gymnasium")
     n_eval -= n_eval % venv.num_envs
     det, sto, _ = evaluate(
-        venv, policy, n_eval, get_task(spec.task).horizon, torch.Generator().manual_seed(seed)
+        venv, policy, n_eval, spec.info.horizon, torch.Generator().manual_seed(seed)
     )
     summary = {
         "task": spec.task,

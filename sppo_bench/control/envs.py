@@ -25,7 +25,7 @@ from gymnasium.vector.utils import batch_space
 
 from sppo_bench.control.batched import BATCHED_TASKS
 from sppo_bench.control.batched_hopper import SparseHopperBatched
-from sppo_bench.control.tasks import SparseTask, get_task
+from sppo_bench.control.tasks import SparseTask, TaskInfo, get_task
 from sppo_bench.errors import UserError
 
 BACKENDS = ("auto", "gymnasium", "batched")
@@ -100,7 +100,7 @@ class EpisodeVectorEnv(VectorEnv):
             env.close()
 
 
-def resolve_backend(task: str, backend: str = "auto") -> str:
+def resolve_backend(task: str | TaskInfo, backend: str = "auto") -> str:
     """The backend that ``make_vector_env`` will use: "gymnasium" or "batched"."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -116,8 +116,9 @@ def resolve_backend(task: str, backend: str = "auto") -> str:
     return "batched" if name in supported else "gymnasium"
 
 
-def make_vector_env(task: str, num_envs: int, backend: str = "auto") -> VectorEnv:
-    """``num_envs`` copies of ``task`` (short name or Gymnasium id) as one ``VectorEnv``.
+def make_vector_env(task: str | TaskInfo, num_envs: int, backend: str = "auto") -> VectorEnv:
+    """``num_envs`` copies of ``task`` (``TaskInfo``, short name or Gymnasium id) as one
+    ``VectorEnv``.
 
     backend: "gymnasium" (:class:`EpisodeVectorEnv`), "batched" (array-math dynamics; an error
     where unavailable) or "auto" (batched where it exists for the task, else gymnasium).
@@ -125,7 +126,7 @@ def make_vector_env(task: str, num_envs: int, backend: str = "auto") -> VectorEn
     if num_envs < 1:
         raise UserError(f"num_envs must be >= 1, got {num_envs}")
     info = get_task(task)
-    if resolve_backend(info.name, backend) == "batched":
+    if resolve_backend(info, backend) == "batched":
         return BATCHED[info.env_id](num_envs)
     return EpisodeVectorEnv([info.cls() for _ in range(num_envs)])
 

@@ -28,24 +28,14 @@ from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import make_vector_env
 from sppo_bench.control.shaping import make_shaped_env
 from sppo_bench.control.spec import TaskSpec, load_spec, upgrade_stored_spec
-from sppo_bench.control.tasks import get_task
-from sppo_bench.control.variants import Variant, all_overrides, stage_folder
+from sppo_bench.control.tasks import TaskInfo, get_task
+from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
+from sppo_bench.rundir import stage_dir  # noqa: F401 - the stage folders' layout
 
 EXPERT_EVAL_SEED = 2_000_000
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-
-
-def stage_dir(runs_dir: Path, task: str, stage: str) -> Path:
-    """``runs/control/<task>/<stage>``."""
-    return Path(runs_dir) / "control" / get_task(task).name / stage
-
-
-def variant_stage_dir(runs_dir: Path, task: str, stage: str, variant: Variant | None) -> Path:
-    """The folder of ``stage`` (``expert``, ``clone``) that runs of ``variant`` use:
-    ``<stage>@<variant>`` where the variant's overrides change the stage, else the shared one."""
-    return stage_dir(runs_dir, task, stage_folder(stage, variant))
 
 
 def check_stage_config(
@@ -150,7 +140,7 @@ def _make_model(spec: TaskSpec, out: Path, seed: int) -> Any:
         "net_arch": dict(pi=list(cfg.net_arch), vf=list(cfg.net_arch)),
         "activation_fn": ACTIVATIONS[cfg.activation],
     }
-    if isinstance(get_task(spec.task).cls().action_space, gym.spaces.Box):
+    if isinstance(spec.info.cls().action_space, gym.spaces.Box):
         policy_kwargs["log_std_init"] = cfg.log_std_init
     return PPO(
         "MlpPolicy",
@@ -175,13 +165,14 @@ def _make_model(spec: TaskSpec, out: Path, seed: int) -> Any:
 
 
 def evaluate_actor(
-    task: str, act: Any, episodes: int, seed_base: int, num_envs: int = 32
+    task: str | TaskInfo, act: Any, episodes: int, seed_base: int, num_envs: int = 32
 ) -> tuple[float, list[Any]]:
     """Success rate of ``act`` on the sparse task over ``episodes`` start states
     (seeds ``seed_base + i``), and the collected episode batches."""
     batches, successes = [], []
+    task = get_task(task)
     venv = make_vector_env(task, min(num_envs, episodes), backend="gymnasium")
-    horizon = get_task(task).horizon
+    horizon = task.horizon
     for start in range(0, episodes, venv.num_envs):
         n = min(venv.num_envs, episodes - start)
         if n < venv.num_envs:
@@ -237,7 +228,7 @@ def train_expert(
     )
     start_eval = time.time()
     rate, _ = evaluate_actor(
-        spec.task, ExpertActor(out / "policy.pt"), spec.expert.eval_episodes, EXPERT_EVAL_SEED
+        spec.info, ExpertActor(out / "policy.pt"), spec.expert.eval_episodes, EXPERT_EVAL_SEED
     )
     summary = {
         "task": spec.task,

@@ -14,17 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sppo_bench.config import (
-    LEARNING_RATE,
-    PROBABILITY,
-    at_least,
-    check_bounds,
-    load_config,
-    read_yaml,
-)
-from sppo_bench.control.tasks import get_task
-from sppo_bench.core.advantages import get_estimator
+from sppo_bench.config import load_config, read_yaml
+from sppo_bench.control.tasks import TaskInfo, get_task
+from sppo_bench.core.bounds import LEARNING_RATE, PROBABILITY, at_least, check_bounds
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
+from sppo_bench.core.registry import get_estimator
 
 # ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
 # non-editable install (``pip install .``) finds the specs too.
@@ -174,9 +168,17 @@ class TaskSpec:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rl: RLConfig = field(default_factory=RLConfig)
 
+    @property
+    def info(self) -> TaskInfo:
+        """The task's ``TaskInfo`` (class, horizon, Gymnasium id), resolved once: by
+        ``load_spec``, or here at the first use for a spec read back from a stored config."""
+        if "_info" not in self.__dict__:
+            self.__dict__["_info"] = get_task(self.task)
+        return self.__dict__["_info"]
 
-def spec_path(task: str) -> Path:
-    """``envs/<task>.yaml`` for a task given by short name or Gymnasium id."""
+
+def spec_path(task: str | TaskInfo) -> Path:
+    """``envs/<task>.yaml`` for a task given by short name, Gymnasium id or ``TaskInfo``."""
     return ENVS_DIR / f"{get_task(task).name}.yaml"
 
 
@@ -227,15 +229,18 @@ def canonical_override(item: str) -> str:
     return f"{PARAMS_KEY}{get_estimator(name).name}{dot}{rest}={value}" if name else item
 
 
-def load_spec(task: str, overrides: Sequence[str] = ()) -> TaskSpec:
+def load_spec(task: str | TaskInfo, overrides: Sequence[str] = ()) -> TaskSpec:
     """The task's spec from ``envs/<task>.yaml`` with ``key=value`` overrides applied; values
     out of range (``SPEC_BOUNDS``) are a one-line ``UserError``. Estimator parameters are stored
     under the registered names (``canonical_params``), whichever alias the file or override used.
+    The task is resolved here once (``TaskSpec.info``).
     """
-    data = read_yaml(spec_path(task))
+    info = get_task(task)
+    data = read_yaml(spec_path(info))
     if isinstance(data.get("rl"), dict) and "estimator_params" in data["rl"]:
         data["rl"]["estimator_params"] = canonical_params(data["rl"]["estimator_params"])
     spec = load_config(TaskSpec, None, [canonical_override(o) for o in overrides], base=data)
     spec.rl.estimator_params = canonical_params(spec.rl.estimator_params)
     check_bounds(spec, SPEC_BOUNDS)
+    spec.__dict__["_info"] = info
     return spec

@@ -184,18 +184,16 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
-def get_task(name: str) -> TaskInfo:
-    """Look up a task by short name or Gymnasium id (with or without ``sppo_bench/``)."""
+def get_task(name: str | TaskInfo) -> TaskInfo:
+    """Look up a task by short name or Gymnasium id (with or without ``sppo_bench/``); a
+    resolved ``TaskInfo`` is returned as it is."""
+    if isinstance(name, TaskInfo):
+        return name
     for info in TASKS.values():
         if name in (info.name, info.env_id, info.env_id.split("/", 1)[1]):
             return info
     valid = ", ".join(f"{t.name} ({t.env_id})" for t in TASKS.values())
     raise UserError(f"unknown task {name!r}; valid: {valid}")
-
-
-def make_task_env(name: str, render_mode: str | None = None) -> SparseTask:
-    """One sparse task environment, built directly (no Gymnasium checker wrappers)."""
-    return get_task(name).cls(render_mode=render_mode)
 
 
 def register_tasks() -> None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sppo_bench.errors import UserError
+from sppo_bench.rundir import stage_dir
 
 SEPARATOR = "@"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -93,3 +95,9 @@ def split_folder(folder: str) -> tuple[str, str | None]:
 def all_overrides(overrides: Sequence[str], variant: Variant | None) -> list[str]:
     """The shared overrides, then the variant's (the variant's win)."""
     return [*overrides, *(variant.overrides if variant else ())]
+
+
+def variant_stage_dir(runs_dir: Path, task: str, stage: str, variant: Variant | None) -> Path:
+    """The folder of ``stage`` (``expert``, ``clone``) that runs of ``variant`` use:
+    ``<stage>@<variant>`` where the variant's overrides change the stage, else the shared one."""
+    return stage_dir(runs_dir, task, stage_folder(stage, variant))

@@ -1,18 +1,9 @@
 """The shared algorithm core over padded ``[B, T]`` batches: the estimator registry (the one list
-of algorithms), losses, the two critic strategies (``core.critics``) and the PPO settings and
-epoch loop (``core.ppo``)."""
+of algorithms, ``core.registry``), the estimators (``core.advantages``), losses, the critic
+strategies (``core.critics``), the PPO settings and epoch loop (``core.ppo``) and the bounds of
+settings (``core.bounds``)."""
 
-from sppo_bench.core.advantages import (
-    ESTIMATORS,
-    AdvantageInput,
-    AdvantageOutput,
-    EstimatorSpec,
-    algorithm_names,
-    compute_advantages,
-    get_estimator,
-    sequence_rewards,
-    valid_estimator_names,
-)
+from sppo_bench.core.advantages import compute_advantages, sequence_rewards
 from sppo_bench.core.critics import CRITICS, CriticStrategy
 from sppo_bench.core.losses import (
     AGGREGATIONS,
@@ -22,6 +13,15 @@ from sppo_bench.core.losses import (
     clipped_value_loss,
     entropy_from_logits,
     explained_variance,
+)
+from sppo_bench.core.registry import (
+    ESTIMATORS,
+    AdvantageInput,
+    AdvantageOutput,
+    EstimatorSpec,
+    algorithm_names,
+    get_estimator,
+    valid_estimator_names,
 )
 
 __all__ = [

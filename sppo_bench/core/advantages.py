@@ -8,7 +8,8 @@ response; ``mask[b, t] = 1`` on its real steps (tokens) and 0 on padding.
 The sequence reward is ``R_b = sum_t rewards[b, t] * mask[b, t]`` (gamma = 1, as in the paper);
 with a binary terminal reward this is exactly the success indicator.
 
-Estimators and what they need from the caller (``EstimatorSpec``):
+Estimators and what they need from the caller (their ``EstimatorSpec`` in
+``sppo_bench.core.registry``, with labels, the paper's LLM settings and parameter bounds):
 
 ==========  ========================  ==========================================================
 name        needs                     advantage (broadcast to every masked step unless per-step)
@@ -25,25 +26,23 @@ reinforce   nothing                    A = R - mean_batch R   (or A = R)
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from sppo_bench.core.critics import CRITICS, CriticStrategy
+from sppo_bench.core.bounds import BOOLEAN, POSITIVE, PROBABILITY, one_of
+from sppo_bench.core.registry import (
+    AdvantageInput,
+    AdvantageOutput,
+    PaperDefaults,
+    get_estimator,
+    register,
+)
 from sppo_bench.errors import UserError
 
 __all__ = [
-    "AdvantageInput",
-    "AdvantageOutput",
-    "EstimatorSpec",
-    "ESTIMATORS",
-    "algorithm_names",
     "compute_advantages",
-    "get_estimator",
     "sequence_rewards",
     "sppo_advantage",
     "gae_advantage",
@@ -53,150 +52,6 @@ __all__ = [
     "remax_advantage",
     "reinforce_advantage",
 ]
-
-
-@dataclass
-class AdvantageInput:
-    """What the caller knows about a batch of ``B`` sequences padded to length ``T``.
-
-    rewards: ``[B, T]`` per-step rewards (for binary tasks: 0 everywhere, R on the last step).
-    mask: ``[B, T]`` 1.0 on real steps, 0.0 on padding; each row's real steps come first.
-    values: ``[B, T]`` per-step critic values V(s_t) (GAE only).
-    last_values: ``[B]`` V of the state after the last real step, used to bootstrap rows that were
-        truncated rather than terminated (GAE only; default 0).
-    terminated: ``[B]`` bool, True where the sequence ended in a terminal state (GAE only;
-        default: all terminated, which is the case for LLM responses).
-    value_logits: ``[B]`` the sequence critic's logit v for V(s_0) = sigmoid(v) (SPPO only).
-    step_logits: ``[B, T]`` a per-step BCE critic's logits v_t, V(s_t) = sigmoid(v_t) (PPO-BCE).
-    group_ids: ``[B]`` int, rows sharing an id share a prompt / start state (GRPO, RLOO).
-    baseline_rewards: ``[B]`` reward of the greedy rollout from the same prompt (ReMax).
-    """
-
-    rewards: Tensor
-    mask: Tensor
-    values: Tensor | None = None
-    last_values: Tensor | None = None
-    terminated: Tensor | None = None
-    value_logits: Tensor | None = None
-    step_logits: Tensor | None = None
-    group_ids: Tensor | None = None
-    baseline_rewards: Tensor | None = None
-
-
-@dataclass
-class AdvantageOutput:
-    """advantages: ``[B, T]`` (zero on padding).
-
-    value_targets: the critic's target, ``[B, T]`` returns for GAE, ``[B]`` rewards R for SPPO,
-    ``[B, T]`` R on every masked step for PPO-BCE, ``None`` for critic-free estimators.
-    """
-
-    advantages: Tensor
-    value_targets: Tensor | None = None
-
-
-CriticKind = Literal["none", "sequence", "step", "step-bce"]
-
-
-@dataclass(frozen=True)
-class EstimatorSpec:
-    """A registered estimator: the one list of algorithms, and what a trainer provides for it.
-
-    run_name: the algorithm's display name, also its run-folder name in both tracks.
-    critic: which critic the trainer trains ("sequence": V(s_0) with BCE; "step": V(s_t) with
-        squared error; "step-bce": V(s_t) = sigmoid(v_t) with BCE), a key of ``core.CRITICS``.
-    needs_groups: rollouts come in groups of ``group_size`` from one prompt / start state.
-    needs_greedy_baseline: the trainer also rolls out the greedy policy per prompt (ReMax).
-    group_size: default samples per prompt / start state (the paper's settings).
-    params: the estimator's keyword parameters and their defaults (from ``fn``'s signature).
-    batch_wide: rows outside one group share a baseline (REINFORCE's batch mean), so batches of
-    independent runs must not be concatenated; otherwise a row's advantage depends only on its
-    own row and group, and a trainer may pass several runs' rows (distinct group ids) at once.
-    """
-
-    name: str
-    fn: Callable[..., AdvantageOutput]
-    critic: CriticKind
-    needs_groups: bool
-    needs_greedy_baseline: bool
-    group_size: int
-    aliases: tuple[str, ...]
-    run_name: str
-    params: dict[str, object] = field(hash=False)
-    batch_wide: bool = False
-
-    @property
-    def critic_strategy(self) -> CriticStrategy | None:
-        """The critic this estimator trains (``sppo_bench.core.critics``), or None."""
-        return CRITICS.get(self.critic)
-
-    def configured_params(self, table: Mapping[str, Mapping[str, object]]) -> dict[str, object]:
-        """``params`` updated by ``table[name or alias]`` of a config's per-estimator table
-        (e.g. ``{"ppo-gae": {"lam": 0.95}}``); an unknown estimator or parameter is a one-line
-        ``UserError``."""
-        for key in table:
-            get_estimator(key)
-        given: dict[str, object] = {}
-        for key in (self.name, *self.aliases):
-            given.update(table.get(key) or {})
-        unknown = sorted(set(given) - set(self.params))
-        if unknown:
-            valid = ", ".join(self.params) or "none"
-            raise UserError(
-                f"unknown parameter {unknown[0]!r} for estimator {self.run_name!r}; valid: {valid}"
-            )
-        return {**self.params, **given}
-
-
-ESTIMATORS: dict[str, EstimatorSpec] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register(
-    name: str,
-    *,
-    critic: CriticKind = "none",
-    needs_groups: bool = False,
-    needs_greedy_baseline: bool = False,
-    group_size: int = 1,
-    aliases: tuple[str, ...] = (),
-    run_name: str | None = None,
-    batch_wide: bool = False,
-) -> Callable[[Callable[..., AdvantageOutput]], Callable[..., AdvantageOutput]]:
-    """Register ``fn`` under ``name`` (and ``aliases``, and ``run_name``) in ``ESTIMATORS``."""
-
-    def decorate(fn: Callable[..., AdvantageOutput]) -> Callable[..., AdvantageOutput]:
-        signature = inspect.signature(fn).parameters.values()
-        params = {p.name: p.default for p in signature if p.default is not p.empty}
-        display = run_name or name
-        names = tuple(a for a in dict.fromkeys((display, *aliases)) if a != name)
-        needs = (critic, needs_groups, needs_greedy_baseline, group_size)
-        ESTIMATORS[name] = EstimatorSpec(name, fn, *needs, names, display, params, batch_wide)
-        for alias in (name, *names):
-            _ALIASES[alias] = name
-        return fn
-
-    return decorate
-
-
-def algorithm_names() -> tuple[str, ...]:
-    """The run names of the registered estimators, in registration order."""
-    return tuple(spec.run_name for spec in ESTIMATORS.values())
-
-
-def valid_estimator_names() -> list[str]:
-    """Canonical names and aliases, sorted."""
-    return sorted(_ALIASES)
-
-
-def get_estimator(name: str) -> EstimatorSpec:
-    """Look up an estimator by name or alias; a one-line ``UserError`` lists the valid names."""
-    try:
-        return ESTIMATORS[_ALIASES[name]]
-    except KeyError:
-        raise UserError(
-            f"unknown algorithm {name!r}; valid: {', '.join(valid_estimator_names())}"
-        ) from None
 
 
 def compute_advantages(name: str, batch: AdvantageInput, **params: object) -> AdvantageOutput:
@@ -233,7 +88,13 @@ def sppo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - value, batch.mask), value_targets=reward)
 
 
-@register("gae", critic="step", aliases=("ppo",), run_name="ppo-gae")
+PPO_PAPER = PaperDefaults(critic_lr=1e-5, critic_warmup_steps=50)
+GAE_BOUNDS = {"gamma": PROBABILITY, "lam": PROBABILITY}
+
+
+@register(
+    "gae", critic="step", aliases=("ppo",), run_name="ppo-gae", paper=PPO_PAPER, bounds=GAE_BOUNDS
+)
 def gae_advantage(batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0) -> AdvantageOutput:
     """Generalised advantage estimation, per step.
 
@@ -269,7 +130,9 @@ def _gae(batch: AdvantageInput, values: Tensor, gamma: float, lam: float) -> Adv
     return AdvantageOutput(advantages, value_targets=(advantages + values) * mask)
 
 
-@register("ppo-bce", critic="step-bce", aliases=("bce",))
+@register(
+    "ppo-bce", critic="step-bce", aliases=("bce",), paper=PPO_PAPER, bounds=GAE_BOUNDS
+)  # ppo-bce's paper defaults: as the PPO baseline
 def bce_gae_advantage(
     batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0
 ) -> AdvantageOutput:
@@ -308,7 +171,12 @@ def _group_mean(values: Tensor, dense: Tensor, sizes: Tensor) -> Tensor:
     return sums / sizes.to(values.dtype)
 
 
-@register("grpo", needs_groups=True, group_size=8)
+@register(
+    "grpo",
+    needs_groups=True,
+    group_size=8,
+    bounds={"normalize_std": BOOLEAN, "eps": POSITIVE},
+)
 def grpo_advantage(
     batch: AdvantageInput, normalize_std: bool = True, eps: float = 1e-6
 ) -> AdvantageOutput:
@@ -329,7 +197,7 @@ def grpo_advantage(
     return AdvantageOutput(_broadcast(advantage, batch.mask))
 
 
-@register("rloo", needs_groups=True, group_size=5)
+@register("rloo", needs_groups=True, group_size=5, paper=PaperDefaults(kl_coef=0.001))
 def rloo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     """RLOO: A_i = R_i - (sum_{j in g} R_j - R_i) / (n_g - 1), the leave-one-out baseline."""
     group_ids = _require(batch.group_ids, "group_ids", "rloo")
@@ -341,7 +209,7 @@ def rloo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(advantage, batch.mask))
 
 
-@register("remax", needs_greedy_baseline=True)
+@register("remax", needs_greedy_baseline=True, label="ReMax", paper=PaperDefaults(kl_coef=0.001))
 def remax_advantage(batch: AdvantageInput) -> AdvantageOutput:
     """ReMax: A = R - R_greedy, the reward of a greedy rollout from the same prompt/start."""
     baseline = _require(batch.baseline_rewards, "baseline_rewards", "remax")
@@ -349,7 +217,7 @@ def remax_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - baseline.to(reward.dtype), batch.mask))
 
 
-@register("reinforce", batch_wide=True)
+@register("reinforce", batch_wide=True, bounds={"baseline": one_of("mean", "none")})
 def reinforce_advantage(
     batch: AdvantageInput, baseline: Literal["mean", "none"] = "mean"
 ) -> AdvantageOutput:

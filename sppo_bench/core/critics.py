@@ -37,6 +37,17 @@ from sppo_bench.core.losses import (
 )
 
 VALUE_METRICS = ("value/mean", "value/explained_variance")
+BRIER_METRIC = "value/brier"  # mean_b (V(s_0)_b - R_b)^2, the critic's calibration on the batch
+# Names that rows of older LLM runs used for the same quantities (``canonical_row``).
+LEGACY_METRIC_NAMES = {"value_mean": "value/mean", "critic_brier": BRIER_METRIC}
+
+
+def canonical_row(row: dict) -> dict:
+    """A metrics row with the names of older versions as today's (an older name yields to a
+    today's one present in the same row)."""
+    out = {LEGACY_METRIC_NAMES.get(k, k): v for k, v in row.items()}
+    out.update({k: v for k, v in row.items() if k in LEGACY_METRIC_NAMES.values()})
+    return out
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,11 @@ class CriticStrategy:
             mean = float(values.mean())
             ev = explained_variance(values, targets)
         return dict(zip(VALUE_METRICS, (mean, None if math.isnan(ev) else ev), strict=True))
+
+    def brier(self, output: Tensor, reward: Tensor) -> dict[str, float]:
+        """``{BRIER_METRIC: mean_b (V(s_0)_b - R_b)^2}`` of the outputs ``[B]`` / ``[B, T]``
+        against the outcomes R ``[B]``."""
+        return {BRIER_METRIC: float(((self.start_values(output) - reward) ** 2).mean())}
 
 
 SEQUENCE = CriticStrategy("sequence", False, "value_logits", objective="bce")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sppo_bench.config import (
+from sppo_bench.core.bounds import (
     ABOVE_ONE,
     LEARNING_RATE,
     NON_NEGATIVE,
@@ -105,7 +105,7 @@ class PPOConfig:
 
 def ppo_bounds(prefix: str) -> dict[str, Bound]:
     """Valid ranges of the ``PPOConfig`` fields, keyed ``<prefix>.<field>`` (``rl`` in a task
-    spec, ``algo`` in an LLM recipe), for ``sppo_bench.config.check_bounds``."""
+    spec, ``algo`` in an LLM recipe), for ``sppo_bench.core.bounds.check_bounds``."""
     bounds: dict[str, Bound] = {
         "lr": LEARNING_RATE,
         "critic_lr": optional(LEARNING_RATE),

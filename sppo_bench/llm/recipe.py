@@ -1,7 +1,8 @@
 """The LLM recipe: a typed config loaded from YAML (``sppo_bench.config.load_config``).
 
 Defaults are the paper's 1.5B settings (PAPER.md, "LLM experiments"). Fields that the paper sets
-per algorithm are ``None`` by default and resolved by ``resolve_algorithm_defaults``:
+per algorithm are ``None`` by default and resolved by ``resolve_algorithm_defaults`` from the
+registry entry (``EstimatorSpec.group_size`` and ``.paper``):
 
 ==========  =========  ========  ==========  ===================
 algorithm   samples N  KL coef   critic lr   critic warm-up
@@ -23,15 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from sppo_bench.config import (
-    NON_NEGATIVE,
-    POSITIVE,
-    UNIT,
-    at_least,
-    check_bounds,
-    optional,
-)
 from sppo_bench.core import get_estimator
+from sppo_bench.core.bounds import NON_NEGATIVE, POSITIVE, UNIT, at_least, check_bounds, optional
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
 from sppo_bench.errors import UserError
 
@@ -53,9 +47,6 @@ RECIPE_BOUNDS = {
     "eval.top_p": UNIT,
     "eval.max_new_tokens": at_least(1),
 }
-PAPER_KL = {"rloo": 0.001, "remax": 0.001}
-PAPER_CRITIC_LR = {"sppo": 5e-6, "gae": 1e-5, "ppo-bce": 1e-5}  # ppo-bce: as the PPO baseline
-PAPER_CRITIC_WARMUP = {"sppo": 0, "gae": 50, "ppo-bce": 50}
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -216,16 +207,14 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
         cfg.algo,
         name=spec.run_name,
         n_samples=cfg.algo.n_samples or spec.group_size,
-        kl_coef=PAPER_KL.get(name, 0.0) if cfg.algo.kl_coef is None else cfg.algo.kl_coef,
-        critic_lr=(
-            PAPER_CRITIC_LR.get(name, 5e-6) if cfg.algo.critic_lr is None else cfg.algo.critic_lr
-        ),
+        kl_coef=spec.paper.kl_coef if cfg.algo.kl_coef is None else cfg.algo.kl_coef,
+        critic_lr=spec.paper.critic_lr if cfg.algo.critic_lr is None else cfg.algo.critic_lr,
     )
     critic = replace(
         cfg.critic,
         model=cfg.critic.model or cfg.model.policy,
         warmup_steps=(
-            PAPER_CRITIC_WARMUP.get(name, 0)
+            spec.paper.critic_warmup_steps
             if cfg.critic.warmup_steps is None
             else cfg.critic.warmup_steps
         ),
@@ -258,3 +247,10 @@ def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
             f"train.batch_size ({t.batch_size}) must be a multiple of algo.mini_batch_size ({mini})"
         )
     return replace(cfg, algo=algo, critic=critic)
+
+
+def is_resolved(cfg: LLMConfig) -> bool:
+    """True for a config that ``resolve_algorithm_defaults`` returned (nothing left to fill)."""
+    a = cfg.algo
+    filled = (a.n_samples, a.kl_coef, a.critic_lr, cfg.critic.warmup_steps, cfg.critic.model)
+    return all(x is not None for x in filled) and a.name == get_estimator(a.name).run_name

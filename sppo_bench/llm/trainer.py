@@ -4,11 +4,12 @@ Per step: generate ``n`` responses for ``batch_size`` prompts (plus a greedy one
 ReMax) -> reward R in {0, 1} from ``reward_fn`` -> critic predictions (SPPO: V(s_p) at the last
 prompt token; PPO-GAE: V(s_t) per response token) -> recomputed old log-probs (and reference
 log-probs for an in-reward KL) -> ``compute_advantages`` -> critic update -> policy update in
-mini-/micro-batches -> weight sync to the engine. One JSON row per step goes to
-``<run_dir>/metrics.jsonl``; ``checkpoints/latest.pt`` (policy, critic, optimisers, step, RNG) is
-written atomically every ``save_every`` steps and a rerun resumes from it. The folder follows the
-run contract of ``sppo_bench.rundir`` (a rerun with other settings than ``train.steps`` is
-refused; the lock; ``done`` = ``{"step": N}``).
+mini-/micro-batches -> weight sync to the engine. The run is one ``sppo_bench.rundir.RunSession``:
+one JSON row per step in ``<run_dir>/metrics.jsonl`` (the critic's under the core's names,
+``value/mean``, ``value/explained_variance``, ``value/brier``), ``checkpoints/latest.pt`` (the
+shared ``Checkpoint`` layout, with every RNG stream) every ``save_every`` steps, from which a rerun
+resumes; a rerun with other settings than ``train.steps`` is refused; ``done`` =
+``{"step": N}``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,23 @@ from sppo_bench.errors import UserError
 from sppo_bench.llm.data import load_prompts
 from sppo_bench.llm.engines import make_engine, pick_device
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
-from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
-from sppo_bench.llm.rollout import RolloutBatch
-from sppo_bench.llm.update import critic_predictions, critic_update, policy_log_probs
+from sppo_bench.llm.recipe import LLMConfig, is_resolved, resolve_algorithm_defaults
+from sppo_bench.llm.update import (
+    critic_predictions,
+    critic_update,
+    policy_log_probs,
+    rollout_stats,
+)
 from sppo_bench.llm.update import policy_update as run_policy_update
-from sppo_bench.rundir import RunDir
+from sppo_bench.rundir import (
+    Checkpoint,
+    RunDir,
+    RunIdentity,
+    RunSession,
+    config_hash,
+    rng_state,
+    set_rng_state,
+)
 
 # A rerun may extend the budget: every other setting must match the stored config.
 BUDGET_KEYS = ("train.steps",)
@@ -47,6 +60,8 @@ SCHEDULE_STREAM = 0  # step_generator stream of the mini-batch schedule
 
 class LLMTrainer:
     """Build with a resolved-or-not ``LLMConfig``; ``train()`` runs (or resumes) to the end.
+    ``session``: the run's session, already open (the command opens it before it loads a
+    model); by default ``train()`` opens one for ``run_dir``.
 
     ``reward_fn``, ``prompts``/``golds`` and ``engine`` may be injected; by default they are the
     verifier, the recipe's training set and the recipe's engine.
@@ -61,9 +76,11 @@ class LLMTrainer:
         golds: Sequence[str] | None = None,
         engine=None,
         tensorboard: str | Path | None = None,
+        session: RunSession | None = None,
     ) -> None:
-        self.cfg = cfg = resolve_algorithm_defaults(cfg)
+        self.cfg = cfg = cfg if is_resolved(cfg) else resolve_algorithm_defaults(cfg)
         self.tensorboard = tensorboard
+        self.session = session  # given: locked, its settings checked (``open_session``)
         self.spec = get_estimator(cfg.algo.name)
         self.run_dir = Path(run_dir or cfg.train.output_dir)
         self.run = RunDir(self.run_dir)
@@ -232,7 +249,8 @@ class LLMTrainer:
                     autocast=self.autocast,
                 )
             )
-            row.update(_calibration(critic.start_values(predictions), reward))
+            row.update(critic.diagnostics(predictions, out.value_targets, mask))
+            row.update(critic.brier(predictions, reward))
             times["time_critic"] += self._clock() - t0
 
         if step >= cfg.critic.warmup_steps or self.critic is None:
@@ -257,7 +275,7 @@ class LLMTrainer:
             times["time_weight_sync"] = self._clock() - t0
         else:
             times["time_weight_sync"] = 0.0
-        row.update(_rollout_stats(batch, reward, out.advantages, old_lp))
+        row.update(rollout_stats(batch, reward, out.advantages, old_lp))
         times["time_step"] = sum(times.values())
         row["tokens_per_s"] = float(mask.sum()) / max(times["time_generation"], 1e-9)
         row.update(times)
@@ -278,52 +296,57 @@ class LLMTrainer:
     def checkpoint_path(self) -> Path:
         return self.run.checkpoint_path
 
-    def save_checkpoint(self) -> None:
-        state = {
-            "step": self.step,
-            "policy": self.policy.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic": self.critic.state_dict() if self.critic is not None else None,
-            "critic_opt": self.critic_opt.state_dict() if self.critic_opt is not None else None,
-            "rng": _rng_state(),
-        }
-        self.run.save_checkpoint(state)
+    def checkpoint(self) -> Checkpoint:
+        """The trainer's state in the shared layout (with every global RNG stream)."""
+        critic = self.critic is not None
+        return Checkpoint(
+            self.step,
+            {
+                "policy": self.policy.state_dict(),
+                "critic": self.critic.state_dict() if critic else None,
+            },
+            {
+                "policy": self.actor_opt.state_dict(),
+                "critic": self.critic_opt.state_dict() if critic else None,
+            },
+            rng_state(),
+            {"step": self.step},
+        )
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt`` (read onto the CPU: ``load_state_dict`` copies onto the modules'
+        devices, and the RNG states must stay CPU ByteTensors)."""
+        ckpt.load_network("policy", self.policy, self.checkpoint_path)
+        self.actor_opt.load_state_dict(ckpt.optimizers["policy"])
+        if self.critic is not None:
+            ckpt.load_network("critic", self.critic, self.checkpoint_path)
+            self.critic_opt.load_state_dict(ckpt.optimizers["critic"])
+        if ckpt.rng is not None:
+            set_rng_state(ckpt.rng)
+        self.step = ckpt.step
+        self.engine.sync_weights(self.policy)
 
     def load_checkpoint(self) -> bool:
-        # On the CPU: ``load_state_dict`` copies weights and optimiser state onto the modules'
-        # devices, and the RNG states must stay CPU ByteTensors (``set_rng_state`` refuses others).
-        state = self.run.load_checkpoint(keys=("policy", "step", "rng"))
-        if state is None:
-            return False
-        self.policy.load_state_dict(state["policy"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        if self.critic is not None:
-            if state["critic"] is None:
-                raise UserError(
-                    f"checkpoint {self.checkpoint_path} has no critic for {self.spec.name}"
-                )
-            self.critic.load_state_dict(state["critic"])
-            self.critic_opt.load_state_dict(state["critic_opt"])
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.engine.sync_weights(self.policy)
-        return True
+        """Restore the run folder's checkpoint, if any (no checks: ``RunSession.resume``)."""
+        ckpt = self.run.read_checkpoint()
+        if ckpt is not None:
+            self.restore(ckpt)
+        return ckpt is not None
 
     # ----------------------------------------------------------------- loop
     def train(self, progress: bool = True) -> list[dict[str, float]]:
         """Run (or resume) to ``train.steps``; returns the rows written in this call."""
-        self.run.check_config(to_dict(self.cfg), ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY)
-        with self.run.writing():
-            return self._train(progress)
+        if self.session is not None:
+            return self._train(self.session, progress)
+        with open_session(self.cfg, self.run_dir, self.tensorboard) as session:
+            return self._train(session, progress)
 
-    def _train(self, progress: bool) -> list[dict[str, float]]:
+    def _train(self, session: RunSession, progress: bool) -> list[dict[str, float]]:
         cfg = self.cfg
-        self.run.write_config(to_dict(cfg))
-        metrics = self.run.metrics(self.tensorboard)
-        if self.load_checkpoint():
-            metrics.truncate_after("step", self.step)
-        else:
-            metrics.truncate_after("step", 0)
+        session.dir.write_config(to_dict(cfg))
+        ckpt = session.resume()
+        if ckpt is not None:
+            self.restore(ckpt)
         rows = []
         bar = tqdm(
             range(self.step, cfg.train.steps),
@@ -332,47 +355,22 @@ class LLMTrainer:
             initial=self.step,
             total=cfg.train.steps,
         )
-        try:
-            for step in bar:
-                row = {"step": step + 1, **self.train_step(step)}
-                metrics.append(row)
-                rows.append(row)
-                self.step = step + 1
-                bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
-                if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
-                    self.save_checkpoint()
-        finally:
-            metrics.close()
+        for step in bar:
+            row = {"step": step + 1, **self.train_step(step)}
+            session.append(row)
+            rows.append(row)
+            self.step = step + 1
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}")
+            if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                session.save(self.checkpoint())
+        session.metrics.close()
         if self.step >= cfg.train.steps:
-            self.run.mark_done({"step": self.step})
+            session.finish({"step": self.step})
         return rows
 
     def close(self) -> None:
         if self.verifier is not None:
             self.verifier.close()
-
-
-def _calibration(v: torch.Tensor, reward: torch.Tensor) -> dict[str, float]:
-    """Brier score and mean V vs mean R of the critic's pre-update V(s_0) ``v`` ``[B]``."""
-    return {
-        "critic_brier": float(((v - reward) ** 2).mean()),
-        "value_mean": float(v.mean()),
-    }
-
-
-def _rollout_stats(batch: RolloutBatch, reward, advantages, old_lp) -> dict[str, float]:
-    mask = batch.response_mask.float()
-    lengths = mask.sum(dim=1)
-    return {
-        "reward_mean": float(reward.mean()),
-        "response_length_mean": float(lengths.mean()),
-        "response_length_max": float(lengths.max()),
-        "truncated_fraction": float(batch.truncated.float().mean()),
-        "advantage_mean": float((advantages * mask).sum() / mask.sum().clamp_min(1)),
-        "rollout_log_prob_gap": float(
-            ((batch.log_probs - old_lp).abs() * mask).sum() / mask.sum().clamp_min(1)
-        ),
-    }
 
 
 def _seed_everything(seed: int) -> None:
@@ -381,28 +379,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, object]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
+def run_identity(cfg: LLMConfig) -> RunIdentity:
+    """What makes an LLM run: its training set, algorithm and settings (less the budget)."""
+    return RunIdentity(cfg.data.train, cfg.algo.name, None, config_hash(to_dict(cfg), BUDGET_KEYS))
 
 
-def _set_rng_state(state: dict[str, object]) -> None:
-    """Restore ``_rng_state()``. Torch's restore functions take CPU ``uint8`` tensors only, so
-    each state is brought there first, wherever the checkpoint was mapped; CUDA states are
-    restored for the devices that exist (a checkpoint from a machine with more GPUs keeps the
-    first ones)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(_cpu_byte_tensor(state["torch"]))
-    cuda = state["cuda"]
-    if cuda is not None and torch.cuda.is_available():
-        cuda = [_cpu_byte_tensor(s) for s in cuda][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _cpu_byte_tensor(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to(device="cpu", dtype=torch.uint8)
+def open_session(
+    cfg: LLMConfig, run_dir: str | Path, tensorboard: str | Path | None = None
+) -> RunSession:
+    """The session of ``cfg``'s run in ``run_dir``, its stored settings checked (one line if they
+    differ); enter it (``with``) to hold the lock."""
+    RunDir(run_dir).check_config(to_dict(cfg), ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY)
+    return RunSession(run_dir, run_identity(cfg), "step", 1, tensorboard)

@@ -137,3 +137,20 @@ def critic_update(
     return critic_phase(
         forward, strategy, params, optimizer, schedule, targets, old_values, mask, settings
     )
+
+
+def rollout_stats(batch: RolloutBatch, reward, advantages, old_lp) -> dict[str, float]:
+    """A step's rollout numbers: reward, response lengths, truncation, mean advantage and the
+    engine's log-prob gap to the policy (``[B]`` rewards, ``[B, T]`` the rest)."""
+    mask = batch.response_mask.float()
+    lengths = mask.sum(dim=1)
+    return {
+        "reward_mean": float(reward.mean()),
+        "response_length_mean": float(lengths.mean()),
+        "response_length_max": float(lengths.max()),
+        "truncated_fraction": float(batch.truncated.float().mean()),
+        "advantage_mean": float((advantages * mask).sum() / mask.sum().clamp_min(1)),
+        "rollout_log_prob_gap": float(
+            ((batch.log_probs - old_lp).abs() * mask).sum() / mask.sum().clamp_min(1)
+        ),
+    }

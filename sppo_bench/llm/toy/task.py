@@ -24,7 +24,6 @@ so that RL starts from a policy that is right on some prompts and wrong on other
 
 from __future__ import annotations
 
-import ast
 import operator
 import random
 from dataclasses import dataclass
@@ -124,26 +123,6 @@ def split_chains(split: str) -> tuple[Chain, ...]:
     first, size = SPLITS[split]
     total = max(a + n for a, n in SPLITS.values())
     return problem_stream(total)[first : first + size]
-
-
-def evaluate_expression(text: str) -> int:
-    """The integer value of an expression of integers, ``+ - *`` and parentheses (nothing else)."""
-
-    def walk(node: ast.AST) -> int:
-        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
-            return _AST_OPS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        raise UserError(f"not a +-* integer expression: {text!r}")
-
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
-        raise UserError(f"not a +-* integer expression: {text!r}") from exc
-    return walk(tree.body)
-
-
-_AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
 
 def load_toy_problems(source: str, split: str = "test", limit: int | None = None) -> list:
