@@ -129,6 +129,20 @@ BUGS = (
         "",
         LLM_TESTS,
     ),
+    Bug(
+        "sb3-unseeded-shuffle",  # the SB3 class's mini-batches drawn from torch's global stream
+        "sppo_bench/sb3/algorithm.py",
+        r"th\.randperm\(n_rows, generator=self\._shuffle\)",
+        "th.randperm(n_rows)",
+        ("tests/test_sb3.py",),
+    ),
+    Bug(
+        "sb3-ent-coef-sign",
+        "sppo_bench/sb3/algorithm.py",
+        r"\+ self\.ent_coef \* out\.entropy_loss",
+        "- self.ent_coef * out.entropy_loss",
+        ("tests/test_sb3.py",),
+    ),
 )
 
 
