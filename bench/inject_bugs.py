@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("sppo_bench", "tests", "envs", "llm", "pyproject.toml")
+COPIED = ("sppo_bench", "tests", "envs", "llm", "hyperparams", "pyproject.toml")
 CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py")
 LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py")
 STACK_TESTS = ("tests/test_seed_stack.py",)

@@ -25,7 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--recipe", required=True, help="recipe YAML (see llm/)")
-        p.add_argument("--algo", help=f"estimator: {', '.join(algorithm_names())}")
+        p.add_argument(
+            "--algo",
+            help=f"estimator: {', '.join(algorithm_names())} (default: the recipe's algo.name)",
+        )
         p.add_argument(
             "--set",
             dest="overrides",

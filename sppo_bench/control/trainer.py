@@ -111,6 +111,8 @@ def requested_config(
     compute_autocast(spec.rl.compute_dtype)
     if episodes is not None:
         spec.rl.episodes = episodes
+    per_update = spec.rl.trajectories_per_update  # stored: the episodes whole updates train
+    spec.rl.episodes = -(-spec.rl.episodes // per_update) * per_update
     relative = run_dir_for(Path("."), spec.task, name, seed, variant)
     return relative, spec, resolved_config(spec, name, seed, variant)
 

@@ -26,6 +26,7 @@ reinforce   nothing                    A = R - mean_batch R   (or A = R)
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -109,6 +110,8 @@ class EstimatorSpec:
     needs_greedy_baseline: the trainer also rolls out the greedy policy per prompt (ReMax).
     group_size: default samples per prompt / start state (the paper's settings).
     params: the estimator's keyword parameters and their defaults (from ``fn``'s signature).
+    bounds: the valid values of ``params``: ``(low, high)`` (inclusive) for a number, the
+    choices for a string; booleans need none.
     batch_wide: rows outside one group share a baseline (REINFORCE's batch mean), so batches of
     independent runs must not be concatenated; otherwise a row's advantage depends only on its
     own row and group, and a trainer may pass several runs' rows (distinct group ids) at once.
@@ -124,6 +127,7 @@ class EstimatorSpec:
     run_name: str
     params: dict[str, object] = field(hash=False)
     batch_wide: bool = False
+    bounds: dict[str, tuple] = field(default_factory=dict, hash=False)
 
     @property
     def critic_strategy(self) -> CriticStrategy | None:
@@ -145,7 +149,27 @@ class EstimatorSpec:
             raise UserError(
                 f"unknown parameter {unknown[0]!r} for estimator {self.run_name!r}; valid: {valid}"
             )
-        return {**self.params, **given}
+        return {**self.params, **{k: self.checked(k, v) for k, v in given.items()}}
+
+    def checked(self, key: str, value: object) -> object:
+        """``value`` of parameter ``key`` if it has the default's type and lies in ``bounds``
+        (an int for a float becomes a float); otherwise a one-line ``UserError``."""
+        default, bound = self.params[key], self.bounds.get(key, (-math.inf, math.inf))
+        if isinstance(default, bool):
+            ok, valid = isinstance(value, bool), "true or false"
+        elif isinstance(default, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value) and bound[0] <= value <= bound[1]  # type: ignore
+            valid = f"a number in [{bound[0]:g}, {bound[1]:g}]"
+            value = float(value) if ok and isinstance(default, float) else value  # type: ignore
+        else:
+            ok, valid = value in bound, ", ".join(map(str, bound))
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            raise UserError(
+                f"estimator parameter {self.run_name}.{key}={shown} is out of range; valid: {valid}"
+            )
+        return value
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {}
@@ -162,8 +186,10 @@ def register(
     aliases: tuple[str, ...] = (),
     run_name: str | None = None,
     batch_wide: bool = False,
+    bounds: Mapping[str, tuple] | None = None,
 ) -> Callable[[Callable[..., AdvantageOutput]], Callable[..., AdvantageOutput]]:
-    """Register ``fn`` under ``name`` (and ``aliases``, and ``run_name``) in ``ESTIMATORS``."""
+    """Register ``fn`` under ``name`` (and ``aliases``, and ``run_name``) in ``ESTIMATORS``;
+    ``bounds``: the valid values of its parameters (``EstimatorSpec.bounds``)."""
 
     def decorate(fn: Callable[..., AdvantageOutput]) -> Callable[..., AdvantageOutput]:
         signature = inspect.signature(fn).parameters.values()
@@ -171,7 +197,9 @@ def register(
         display = run_name or name
         names = tuple(a for a in dict.fromkeys((display, *aliases)) if a != name)
         needs = (critic, needs_groups, needs_greedy_baseline, group_size)
-        ESTIMATORS[name] = EstimatorSpec(name, fn, *needs, names, display, params, batch_wide)
+        ESTIMATORS[name] = EstimatorSpec(
+            name, fn, *needs, names, display, params, batch_wide, dict(bounds or {})
+        )
         for alias in (name, *names):
             _ALIASES[alias] = name
         return fn
@@ -233,7 +261,13 @@ def sppo_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - value, batch.mask), value_targets=reward)
 
 
-@register("gae", critic="step", aliases=("ppo",), run_name="ppo-gae")
+@register(
+    "gae",
+    critic="step",
+    aliases=("ppo",),
+    run_name="ppo-gae",
+    bounds={"gamma": (0.0, 1.0), "lam": (0.0, 1.0)},
+)
 def gae_advantage(batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0) -> AdvantageOutput:
     """Generalised advantage estimation, per step.
 
@@ -269,7 +303,9 @@ def _gae(batch: AdvantageInput, values: Tensor, gamma: float, lam: float) -> Adv
     return AdvantageOutput(advantages, value_targets=(advantages + values) * mask)
 
 
-@register("ppo-bce", critic="step-bce", aliases=("bce",))
+@register(
+    "ppo-bce", critic="step-bce", aliases=("bce",), bounds={"gamma": (0.0, 1.0), "lam": (0.0, 1.0)}
+)
 def bce_gae_advantage(
     batch: AdvantageInput, gamma: float = 1.0, lam: float = 1.0
 ) -> AdvantageOutput:
@@ -308,7 +344,7 @@ def _group_mean(values: Tensor, dense: Tensor, sizes: Tensor) -> Tensor:
     return sums / sizes.to(values.dtype)
 
 
-@register("grpo", needs_groups=True, group_size=8)
+@register("grpo", needs_groups=True, group_size=8, bounds={"eps": (1e-12, 1.0)})
 def grpo_advantage(
     batch: AdvantageInput, normalize_std: bool = True, eps: float = 1e-6
 ) -> AdvantageOutput:
@@ -349,7 +385,7 @@ def remax_advantage(batch: AdvantageInput) -> AdvantageOutput:
     return AdvantageOutput(_broadcast(reward - baseline.to(reward.dtype), batch.mask))
 
 
-@register("reinforce", batch_wide=True)
+@register("reinforce", batch_wide=True, bounds={"baseline": ("mean", "none")})
 def reinforce_advantage(
     batch: AdvantageInput, baseline: Literal["mean", "none"] = "mean"
 ) -> AdvantageOutput:

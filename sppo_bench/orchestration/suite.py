@@ -52,6 +52,7 @@ PROFILES_DIR = Path(__file__).resolve().parents[1] / "specs" / "profiles"  # env
 EVAL_EVERY_KEY = "rl.eval_every"  # the trainer-config key the profile's eval interval overrides
 EXECUTORS = ("local", "ray")
 
+MAX_SEEDS = 10_000  # seeds of one suite: a larger plan is a typo, and would fill memory
 RunFn = Callable[..., Path]  # train_run(task, algo, seed, runs_dir, episodes, overrides, progress)
 SeedsFn = Callable[..., list[Path]]  # train_seeds(task, algo, seeds, runs_dir, episodes, ...)
 CloneFn = Callable[[str, Path, Sequence[str]], Path]  # ensure_clone(task, runs_dir, overrides)
@@ -274,6 +275,8 @@ def plan_runs(
     n_seeds = profile.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
+    if n_seeds > MAX_SEEDS:
+        raise UserError(f"--seeds {n_seeds} is out of range; valid: 1 to {MAX_SEEDS:,}")
     with_base, chosen = select_variants(profile, variants, variant_overrides)
     specs = []
     for task in tasks:
