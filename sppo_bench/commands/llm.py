@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from sppo_bench.commands.argtypes import int_at_least
-from sppo_bench.config import load_config
 from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 from sppo_bench.io import read_torch_file
@@ -54,12 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
+    from sppo_bench.llm.recipe import load_recipe, resolve_algorithm_defaults
 
     overrides = list(args.overrides)
     if args.algo:
         overrides.append(f"algo.name={args.algo}")
-    return resolve_algorithm_defaults(load_config(LLMConfig, args.recipe, overrides))
+    return resolve_algorithm_defaults(load_recipe(args.recipe, overrides))
 
 
 def run_train(args: argparse.Namespace) -> int:

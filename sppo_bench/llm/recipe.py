@@ -20,7 +20,9 @@ reinforce   1          0         -           -
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from sppo_bench.config import (
@@ -29,7 +31,9 @@ from sppo_bench.config import (
     UNIT,
     at_least,
     check_bounds,
+    load_config,
     optional,
+    read_yaml,
 )
 from sppo_bench.core import get_estimator
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
@@ -201,6 +205,31 @@ class LLMConfig:
     actor: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LLMConfig:
+    """The recipe at ``path`` with ``key=value`` overrides. A recipe must name its model
+    (``model.policy``): a one-line ``UserError`` otherwise, never a silent Hub default. Relative
+    data paths (``data.train``, ``eval.sets``) that exist beside the recipe file resolve against
+    its folder; anything else (a Hub id, a path from the working folder) stays as given."""
+    data = read_yaml(path)
+    model = data.get("model")
+    named = isinstance(model, dict) and model.get("policy")
+    if not named and not any(o.partition("=")[0].strip() == "model.policy" for o in overrides):
+        raise UserError(
+            f"recipe {str(path)!r} names no model: add model.policy (a Hub id, a local path, "
+            "tiny:<size> or random:<size>); see llm/tiny-cpu.yaml"
+        )
+    cfg = load_config(LLMConfig, None, overrides, base=data)
+    folder = Path(path).parent
+
+    def beside(source: str) -> str:
+        candidate = folder / source
+        return str(candidate) if not Path(source).is_absolute() and candidate.exists() else source
+
+    cfg.data.train = beside(cfg.data.train)
+    cfg.eval.sets = [beside(s) for s in cfg.eval.sets]
+    return cfg
 
 
 def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:

@@ -435,7 +435,7 @@ class _InlineExecutor:
             future.set_exception(exc)
         return future
 
-    def wait_any(self, handles: list[Any]) -> list[Any]:
+    def wait_any(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
         return [h for h in handles if h.done()]
 
     def result(self, handle: Future) -> Any:
@@ -456,8 +456,8 @@ class _PoolExecutor(_InlineExecutor):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.pool.submit(fn, *args)
 
-    def wait_any(self, handles: list[Any]) -> list[Any]:
-        return list(wait(handles, return_when=FIRST_COMPLETED).done)
+    def wait_any(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        return list(wait(handles, timeout=timeout, return_when=FIRST_COMPLETED).done)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -498,8 +498,8 @@ class _RayExecutor:
             self.remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
         return self.remote[fn].remote(*args)
 
-    def wait_any(self, handles: list[Any]) -> list[Any]:
-        done, _ = self.ray.wait(handles, num_returns=1)
+    def wait_any(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        done, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
         return done
 
     def result(self, handle: Any) -> Any:
@@ -525,6 +525,20 @@ def _stages(key: tuple[str, str, str]) -> str:
     """``task`` or ``task (expert@v, clone@v)`` for progress lines."""
     task, expert, clone = key
     return task if (expert, clone) == ("expert", "clone") else f"{task} ({expert}, {clone})"
+
+
+def stage_state(runs_dir: Path, key: tuple[str, str, str]) -> str:
+    """What the stages of ``key`` (task, expert folder, clone folder) will do: both found
+    finished (reused), or which of them train now."""
+    from sppo_bench.control.expert import stage_dir
+
+    task, expert, clone = key
+    found = [(stage_dir(runs_dir, task, f) / "done").is_file() for f in (expert, clone)]
+    if all(found):
+        return "expert and clone found finished (reused)"
+    if found[0]:
+        return "expert found finished (reused); cloning now"
+    return "training the expert, then cloning (the bar counts RL runs, which follow)"
 
 
 def _clock(seconds: float) -> str:
@@ -603,9 +617,11 @@ def run_suite(
             overrides = stage_overrides(first)
             job = pool.submit(execute_clone, clone_fn, task, runs_dir, overrides, owner)
             jobs[job] = ("clone", key)
-            bar.write(f"[{_clock(0)}] {_stages(key)}: expert and clone stages (cached reused)")
+            bar.write(f"[{_clock(0)}] {_stages(key)}: {stage_state(runs_dir, key)}")
         while jobs:
-            for handle in pool.wait_any(list(jobs)):
+            stages = [_stages(item) for kind, item in jobs.values() if kind == "clone"]
+            bar.set_postfix_str(f"expert/clone: {', '.join(stages)}" if stages else "")
+            for handle in pool.wait_any(list(jobs), timeout=1.0):  # the clock ticks meanwhile
                 kind, item = jobs.pop(handle)
                 try:
                     pool.result(handle)
