@@ -218,8 +218,10 @@ def _print_left_out(runs_dir: Path, tasks, algos, report) -> None:
     left = [
         r for r in discover_runs(runs_dir, tasks, algos) if (r.task, r.label, r.seed) not in used
     ]
+    excluded = dict(getattr(report, "excluded", []))
     for run in left:
         state = f"diverged: {run.diverged}" if run.diverged else "unfinished (no done marker)"
+        state = excluded.get(f"{run.task}/{run.label}/seed{run.seed}", state)
         print(f"not in the report: {run.task}/{run.label}/seed{run.seed}: {state}")
 
 
