@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sppo_bench.commands.argtypes import SEED, int_at_least
+from sppo_bench.commands.argtypes import SEED, int_at_least, tensorboard_dir
 from sppo_bench.control.tasks import TASKS, get_task
 from sppo_bench.core import algorithm_names, get_estimator
 
@@ -86,7 +86,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="training-episode budget, rounded up to whole updates (default: the spec's)",
     )
     train.add_argument(
-        "--tensorboard", type=Path, help="also write the metrics as TensorBoard scalars here"
+        "--tensorboard",
+        type=tensorboard_dir,
+        help="also write the metrics as TensorBoard scalars here",
     )
     train.set_defaults(func=run_train)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sppo_bench.commands.argtypes import int_at_least
+from sppo_bench.commands.argtypes import int_at_least, tensorboard_dir
 from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 from sppo_bench.io import read_torch_file
@@ -39,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--run-dir", help="run folder (default: train.output_dir/<algo>)")
         if name == "train":
             p.add_argument(
-                "--tensorboard", type=Path, help="also write the metrics as TensorBoard scalars"
+                "--tensorboard",
+                type=tensorboard_dir,
+                help="also write the metrics as TensorBoard scalars",
             )
         p.add_argument(
             "--threads", type=int_at_least(1), default=1, help="torch CPU threads (default 1)"
