@@ -268,6 +268,7 @@ def at_least(n: int, most: int | None = None) -> Bound:
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and n <= v <= high), valid
 
 
+FINITE: Bound = _finite, "a finite number"
 POSITIVE: Bound = (lambda v: _finite(v) and v > 0), "a finite number > 0"
 NON_NEGATIVE: Bound = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
 UNIT: Bound = (lambda v: _finite(v) and 0 < v <= 1), "a number in (0, 1]"

@@ -562,6 +562,10 @@ AUDIT_BAD_INPUTS = {  # name -> (command, words the one-line error must contain)
     "estimator_params.gae=3": ([*GAE, "--set", "rl.estimator_params.gae=3"], "mapping"),
     "rl.n_eval=1e11": ([*TRAIN, "--set", "rl.n_eval=100000000000"], "rl.n_eval"),
     "rl.epochs=1e24": ([*TRAIN, "--set", f"rl.epochs={10**24}"], "rl.epochs"),
+    "expert.gamma=2": ([*TRAIN, "--set", "expert.gamma=2"], "expert.gamma"),
+    "policy.hidden=[0]": ([*TRAIN, "--set", "policy.hidden=[0]"], "layer widths"),
+    "clone.log_std=.inf": ([*TRAIN, "--set", "clone.log_std=.inf"], "finite"),
+    "eval.k=1e12": ([*LLM, "--set", f"eval.k={10**12}"], "eval.k"),
     "suite --seeds 1e8 --dry-run": (
         ["suite", "run", "--tasks", "mountaincar", "--seeds", "100000000", "--dry-run"],
         "--seeds",

@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sppo_bench.config import (
+    FINITE,
     LEARNING_RATE,
+    NON_NEGATIVE,
+    POSITIVE,
     PROBABILITY,
+    Bound,
     at_least,
     check_bounds,
     load_config,
+    optional,
     read_yaml,
 )
 from sppo_bench.control.tasks import get_task
@@ -185,7 +190,20 @@ def spec_path(task: str) -> Path:
 
 
 MEMORY_CAP = 1_000_000  # counts that size a buffer or a loop of one call: at most this
+LAYERS: Bound = (
+    (lambda v: isinstance(v, list) and all(at_least(1, 4096)[0](x) for x in v)),
+    "a list of layer widths, integers from 1 to 4,096",
+)
 SPEC_BOUNDS = {
+    **{f"expert.{k}": PROBABILITY for k in ("gamma", "gae_lambda")},
+    **{f"expert.{k}": POSITIVE for k in ("clip_range", "max_grad_norm")},
+    **{f"expert.{k}": NON_NEGATIVE for k in ("ent_coef", "vf_coef")},
+    "expert.log_std_init": FINITE,
+    "expert.train_horizon": optional(at_least(1, 10**7)),
+    "expert.net_arch": LAYERS,
+    "policy.hidden": LAYERS,
+    "policy.critic_hidden": LAYERS,
+    "clone.log_std": FINITE,
     "expert.total_timesteps": at_least(1, 10**10),
     **{f"expert.{k}": at_least(1, MEMORY_CAP) for k in ("n_envs", "n_steps", "batch_size")},
     **{f"expert.{k}": at_least(1, MEMORY_CAP) for k in ("n_epochs", "eval_episodes")},

@@ -41,20 +41,20 @@ from sppo_bench.errors import UserError
 
 RECIPE_BOUNDS = {
     **{f"train.{k}": at_least(1) for k in ("steps", "save_every", "reward_workers")},
-    **{f"train.{k}": at_least(1) for k in ("batch_size", "micro_batch_size")},
+    **{f"train.{k}": at_least(1, 10**6) for k in ("batch_size", "micro_batch_size")},
     "train.reward_timeout_s": POSITIVE,
     "train.seed": at_least(0),
-    **{f"rollout.{k}": at_least(1) for k in ("max_new_tokens", "generation_batch_size")},
+    **{f"rollout.{k}": at_least(1, 10**6) for k in ("max_new_tokens", "generation_batch_size")},
     "rollout.temperature": NON_NEGATIVE,
     "rollout.top_p": UNIT,
     "rollout.gpu_memory_utilization": UNIT,
     **ppo_bounds("algo"),
     "algo.value_clip": optional(POSITIVE),
     "actor.warmup_steps": at_least(0),
-    "eval.k": at_least(1),
+    "eval.k": at_least(1, 10**5),
     "eval.temperature": NON_NEGATIVE,
     "eval.top_p": UNIT,
-    "eval.max_new_tokens": at_least(1),
+    "eval.max_new_tokens": at_least(1, 10**6),
 }
 PAPER_KL = {"rloo": 0.001, "remax": 0.001}
 PAPER_CRITIC_LR = {"sppo": 5e-6, "gae": 1e-5, "ppo-bce": 1e-5}  # ppo-bce: as the PPO baseline
