@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("sppo_bench", "tests", "envs", "llm", "pyproject.toml")
+COPIED = ("sppo_bench", "tests", "envs", "llm", "hyperparams", "pyproject.toml")
 SETTINGS_TESTS = ("tests/test_settings_reach_the_update.py",)
 CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py", *SETTINGS_TESTS)
 LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py", *SETTINGS_TESTS)
@@ -193,6 +193,20 @@ BUGS = (
         r"\*\*self\.spec\.configured_params\(cfg\.algo\.estimator_params\),",
         "",
         LLM_TESTS,
+    ),
+    Bug(
+        "sb3-unseeded-shuffle",  # the SB3 class's mini-batches drawn from torch's global stream
+        "sppo_bench/sb3/algorithm.py",
+        r"th\.randperm\(n_rows, generator=self\._shuffle\)",
+        "th.randperm(n_rows)",
+        ("tests/test_sb3.py",),
+    ),
+    Bug(
+        "sb3-ent-coef-sign",
+        "sppo_bench/sb3/algorithm.py",
+        r"\+ self\.ent_coef \* out\.entropy_loss",
+        "- self.ent_coef * out.entropy_loss",
+        ("tests/test_sb3.py",),
     ),
 )
 

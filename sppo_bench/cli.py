@@ -25,9 +25,35 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default: ``(default: X)`` is appended to a help text that
+    does not already say its default; a flag's is ``off``, an unset value's ``none``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        default = action.default
+        if action.required:
+            shown = "required"
+        elif isinstance(action, argparse._StoreTrueAction | argparse._StoreConstAction):
+            shown = "off"
+        elif default is None or default == []:
+            shown = "none"
+        elif isinstance(default, list | tuple):
+            shown = " ".join(map(str, default))
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Command-line mistakes are one line (``sppo-bench: error: ...``, exit 2), with any very
-    long value shortened, instead of argparse's usage block."""
+    long value shortened, instead of argparse's usage block. Help shows every default."""
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         message = re.sub(r"'([^']{60})[^']{20,}'", r"'\1...'", message)
@@ -49,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+    if getattr(args, "func", None) is None:  # no command: the help, as a usage error
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

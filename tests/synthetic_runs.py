@@ -63,7 +63,9 @@ def write_run(
     _, per_update, _, _ = TASK_SPECS[task]
     run = Path(runs_dir) / "control" / task / algo / f"seed{seed}"
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"task": task, "algo": algo, "seed": seed}))
+    name, _, variant = algo.partition("@")  # as the trainer stores a variant's run
+    config = {"task": task, "algo": name, "seed": seed, **({"variant": variant} if variant else {})}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
     updates = budget // per_update
     last = updates if finished else updates // 2
     rows, wall = [], 0.0

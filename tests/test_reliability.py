@@ -372,11 +372,19 @@ def bad_input_base(runs, tmp_path_factory):
     garbage = base / "garbage/control/mountaincar"
     shutil.copytree(runs / "control/mountaincar", garbage)
     (garbage / "clone/policy.pt").write_text("garbage\n")
+    (base / "empty.yaml").write_text("")
+    (base / "nomodel.yaml").write_text("train: {steps: 1}\n")
+    (base / "stringalgos.yaml").write_text("algos: sppo\nseeds: 1\ntasks: {mountaincar: {}}\n")
     return base
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, bad_input_base, tmp_path, capsys):
+    _bad_input(BAD_INPUTS[name], bad_input_base, tmp_path, capsys)
+
+
+def _bad_input(args, bad_input_base, tmp_path, capsys) -> str:
+    """``args`` exit 2 with one ``sppo-bench: error:`` line and leave the folder as it was."""
     import shutil
 
     work = tmp_path / "work"
@@ -386,7 +394,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, bad_input_base, t
     os.chdir(work)
     try:
         try:
-            code = main(BAD_INPUTS[name])
+            code = main(args)
         except SystemExit as exit_:  # argparse's error path
             code = exit_.code
     finally:
@@ -396,6 +404,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, bad_input_base, t
     assert err.startswith("sppo-bench: error: ") and "\n" not in err, err
     assert len(err) < 400
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+    return err
 
 
 def test_ctrl_c_stops_the_suite_and_its_workers_within_seconds(tmp_path):
@@ -531,3 +540,442 @@ def test_a_read_only_runs_folder_is_one_line(read_only_runs, capsys):
     assert main([*args, "--runs-dir", str(read_only_runs), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sppo-bench: error: Read-only file system") and "\n" not in err
+
+
+# ================================================================ newcomer and fault audit
+# Each case below is one the audit listed; the rules they pin are general (see each test).
+
+GAE = [*TRAIN, "--algo", "ppo-gae"]
+AUDIT_BAD_INPUTS = {  # name -> (command, words the one-line error must contain)
+    # rule 1: every value a user can set is range-checked where it is read
+    "lam=-1": ([*GAE, "--set", "rl.estimator_params.gae.lam=-1"], "ppo-gae.lam=-1"),
+    "lam=2": ([*GAE, "--set", "rl.estimator_params.ppo-gae.lam=2"], "ppo-gae.lam=2"),
+    "gamma=nan": ([*GAE, "--set", "rl.estimator_params.gae.gamma=nan"], "gamma"),
+    "gamma=.nan": ([*GAE, "--set", "rl.estimator_params.gae.gamma=.nan"], "gamma=nan"),
+    "gamma=abc": ([*GAE, "--set", "rl.estimator_params.gae.gamma=abc"], "gamma='abc'"),
+    "lam=[1,2]": ([*GAE, "--set", "rl.estimator_params.gae.lam=[1,2]"], "[0, 1]"),
+    "grpo eps=0": ([*TRAIN, "--set", "rl.estimator_params.grpo.eps=0"], "grpo.eps"),
+    "reinforce baseline": (
+        [*TRAIN, "--set", "rl.estimator_params.reinforce.baseline=median"],
+        "mean, none",
+    ),
+    "estimator_params.gae=3": ([*GAE, "--set", "rl.estimator_params.gae=3"], "mapping"),
+    "rl.n_eval=1e11": ([*TRAIN, "--set", "rl.n_eval=100000000000"], "rl.n_eval"),
+    "rl.epochs=1e24": ([*TRAIN, "--set", f"rl.epochs={10**24}"], "rl.epochs"),
+    "expert.gamma=2": ([*TRAIN, "--set", "expert.gamma=2"], "expert.gamma"),
+    "policy.hidden=[0]": ([*TRAIN, "--set", "policy.hidden=[0]"], "layer widths"),
+    "clone.log_std=.inf": ([*TRAIN, "--set", "clone.log_std=.inf"], "finite"),
+    "eval.k=1e12": ([*LLM, "--set", f"eval.k={10**12}"], "eval.k"),
+    "suite --seeds 1e8 --dry-run": (
+        ["suite", "run", "--tasks", "mountaincar", "--seeds", "100000000", "--dry-run"],
+        "--seeds",
+    ),
+    # rule 2: a setting that is stored is a setting that acts
+    "--set env_id=...": ([*TRAIN, "--set", "env_id=CartPole-v1"], "env_id"),
+    "--set horizon=5": ([*TRAIN, "--set", "horizon=5"], "horizon"),
+    # rule 6: failed stages leave nothing behind
+    "clone without expert": (["control", "clone", "--task", "cartpole", "--demos", "5"], "expert"),
+    "--tensorboard at a file": ([*TRAIN, "--tensorboard", "afile"], "afile"),
+    # rule 8: messages that point at the real cause
+    "empty recipe": (["llm", "train", "--recipe", "empty.yaml"], "model.policy"),
+    "recipe without model:": (["llm", "train", "--recipe", "nomodel.yaml"], "model.policy"),
+    "profile algos: sppo": (
+        ["suite", "run", "--profile", "stringalgos.yaml", "--dry-run"],
+        "algos: [sppo]",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AUDIT_BAD_INPUTS))
+def test_audit_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    name, bad_input_base, tmp_path, capsys
+):
+    args, words = AUDIT_BAD_INPUTS[name]
+    assert words in _bad_input(args, bad_input_base, tmp_path, capsys)
+
+
+def test_a_failed_clone_does_not_block_a_correct_one(runs, tmp_path, capsys):
+    """Rule 6: a clone that fails (no expert yet) stores no settings that would refuse the
+    correct clone made once the expert exists."""
+    import shutil
+
+    work = tmp_path / "runs"
+    args = ["control", "clone", "--task", "mountaincar", "--runs-dir", str(work), "--no-progress"]
+    assert main([*args, "--demos", "7"]) == 2
+    assert not (work / "control/mountaincar/clone").exists()
+    shutil.copytree(runs / "control/mountaincar/expert", work / "control/mountaincar/expert")
+    assert main([*args, *_sets(TINY_CLONE)]) == 0
+    assert (work / "control/mountaincar/clone/done").is_file()
+
+
+def test_tensorboard_without_tensorboard_is_one_line_before_any_work(runs, monkeypatch, capsys):
+    """Rule 6: --tensorboard without TensorBoard installed fails before the run folder exists."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    args = [*TRAIN, "--seed", "11", "--runs-dir", str(runs), "--tensorboard", str(runs / "tb")]
+    with pytest.raises(SystemExit) as exit_:  # a command-line error: argparse's exit
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install tensorboard" in err and "\n" not in err
+    assert not (runs / "control/mountaincar/sppo/seed11").exists()
+
+
+def test_config_yaml_stores_the_episodes_that_ran(runs, tmp_path):
+    """Rule 2: --episodes 3 at 4 episodes per update trains one update of 4 episodes; the
+    stored config says 4, as do the metrics."""
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "runs"
+    for stage in ("expert", "clone"):
+        shutil.copytree(
+            runs / f"control/mountaincar/{stage}", work / f"control/mountaincar/{stage}"
+        )
+    args = ["control", "train", "--task", "mountaincar", "--algo", "sppo", "--episodes", "3"]
+    args += ["--runs-dir", str(work), "--no-progress", *_sets(TINY_RL)]
+    assert main(args) == 0
+    run = work / "control/mountaincar/sppo/seed0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert config["rl"]["episodes"] == rows[-1]["episodes"] == 4
+    assert main(args) == 0  # a rerun finds the run done, not "built with other settings"
+
+
+def test_estimator_bounds_sit_beside_their_defaults_in_the_registry():
+    """Rule 1: every numeric or string estimator parameter has bounds in its registry entry,
+    and the defaults lie inside them."""
+    from sppo_bench.core import ESTIMATORS
+
+    for spec in ESTIMATORS.values():
+        for key, default in spec.params.items():
+            if isinstance(default, bool):
+                continue
+            assert key in spec.bounds, (spec.name, key)
+            assert spec.checked(key, default) == default
+
+
+# ---------------------------------------------------------------- rule 5: the report validates
+def _runs_for_report(tmp_path, n: int = 3):
+    from synthetic_runs import write_run
+
+    return [write_run(tmp_path, "mountaincar", "sppo", seed, 400) for seed in range(n)]
+
+
+def _edit_rows(run, edit) -> None:
+    path = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    edit(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "words"),
+    [
+        ("success 1.29", lambda rows: rows[-1].update({"eval/success_stochastic": 1.29}), "1.29"),
+        ("success -0.1", lambda rows: rows[2].update({"eval/success_deterministic": -0.1}), "-0.1"),
+        (
+            "a value missing",
+            lambda rows: rows[-1].pop("eval/success_stochastic"),
+            "without eval/success_stochastic",
+        ),
+        (
+            "final evaluation missing",
+            lambda rows: [rows[-1].pop(k) for k in list(rows[-1]) if k.startswith("eval/")],
+            "the last row",
+        ),
+        ("update five", lambda rows: rows[3].update({"update": "five"}), "'five'"),
+        ("episodes null", lambda rows: rows[3].update({"episodes": None}), "'episodes' is None"),
+    ],
+)
+def test_the_report_leaves_out_and_names_invalid_runs(case, edit, words, tmp_path, capsys):
+    """A run with a value outside [0, 1], a missing final evaluation, or a non-numeric field
+    is left out of its cell and named (in the output and in summary.md), never averaged."""
+    from sppo_bench.analysis.report import build_report
+
+    runs = _runs_for_report(tmp_path)
+    _edit_rows(runs[1], edit)
+    report = build_report(tmp_path)
+    assert list(report.runs["seed"]) == [0, 2]
+    assert report.excluded and report.excluded[0][0] == "mountaincar/sppo/seed1"
+    assert words in report.excluded[0][1]
+    assert "mountaincar/sppo/seed1" in report.markdown
+    assert main(["suite", "report", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("not in the report"))
+    assert "seed1" in line and words in line
+
+
+def test_a_run_copied_under_another_seed_or_task_is_left_out(tmp_path):
+    import shutil
+
+    from sppo_bench.analysis.report import build_report
+
+    runs = _runs_for_report(tmp_path)
+    shutil.copytree(runs[0], runs[0].parent / "seed7")
+    shutil.copytree(runs[0], tmp_path / "control/cartpole/sppo/seed0")
+    report = build_report(tmp_path)
+    assert sorted(report.runs["seed"]) == [0, 1, 2] and set(report.runs["task"]) == {"mountaincar"}
+    reasons = dict(report.excluded)
+    assert "seed 0" in reasons["mountaincar/sppo/seed7"]
+    assert "task 'mountaincar'" in reasons["cartpole/sppo/seed0"]
+
+
+def test_a_cell_of_mixed_budgets_is_refused_in_one_line(tmp_path, capsys):
+    import yaml
+
+    runs = _runs_for_report(tmp_path)
+    config = yaml.safe_load((runs[2] / "config.yaml").read_text())
+    (runs[2] / "config.yaml").write_text(yaml.safe_dump({**config, "rl": {"episodes": 800}}))
+    assert main(["suite", "report", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mountaincar/sppo mixes runs" in err and "rl" in err and "\n" not in err
+
+
+def test_a_truncated_values_file_is_one_line(tmp_path, capsys):
+    from synthetic_runs import write_run
+
+    run = write_run(tmp_path, "mountaincar", "ppo-gae", 0, 400)
+    last = sorted((run / "values").iterdir())[-1]
+    last.write_bytes(last.read_bytes()[:100])
+    assert main(["plot", "tail-effect", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert last.name in err and "npz" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- figures show every value
+def test_figure_limits_text_and_reasons():
+    import numpy as np
+
+    from sppo_bench.analysis.figures import value_limits
+    from sppo_bench.analysis.stats import auroc_text, correlation_text
+
+    low, high = value_limits([np.array([-0.07, 0.5]), np.array([1.3, np.nan, np.inf])])
+    assert low < -0.07 and high > 1.3
+    assert value_limits([np.array([0.2, 0.4])]) == (-0.05, 1.05)
+    assert auroc_text(np.array([0.9]), np.array([])) == "n/a (no failures)"
+    assert auroc_text(np.array([]), np.array([0.1])) == "n/a (no successes)"
+    assert auroc_text(np.array([0.9]), np.array([0.1])) == "1.00"
+    assert "undefined (1 point)" in correlation_text(np.array([0.5]), np.array([0.4]))
+    assert "V(s_0) is 0.50 everywhere" in correlation_text(np.full(3, 0.5), np.arange(3.0))
+    assert "Spearman 1.00" in correlation_text(np.arange(3.0), np.arange(3.0))
+
+
+def test_a_tail_effect_panel_shows_values_outside_zero_one(tmp_path, monkeypatch):
+    """A PPO-GAE critic's early V of -0.07 and late V of 1.3 lie inside the panels' limits."""
+    import numpy as np
+    from synthetic_runs import write_run
+
+    from sppo_bench.analysis import figures
+    from sppo_bench.analysis.runs import discover_runs
+
+    run = write_run(tmp_path, "mountaincar", "ppo-gae", 0, 400)
+    files = sorted((run / "values").iterdir())
+    for path, shift in ((files[0], -0.5), (files[-1], 0.5)):
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["values"] = arrays["values"] + shift
+        np.savez(path, **arrays)
+    seen = []
+    original = figures.value_limits
+
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(figures, "value_limits", spy)
+    figures.plot_tail_effect(discover_runs(tmp_path), "mountaincar", tmp_path / "t.png")
+    assert seen[0][0] < -0.3 and seen[2][1] > 1.3  # early and late PPO-GAE panels
+
+
+# ---------------------------------------------------------------- rule 7: SB3 SPPO inputs
+def _sb3_env(step_info: dict, done: bool = True):
+    import gymnasium as gym
+    import numpy as np
+
+    class Env(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(1, np.float32), 0.0, done, False, dict(step_info)
+
+    return Env
+
+
+@pytest.mark.parametrize("value", ["no", None, 0.5, [1]])
+def test_sb3_outcome_must_be_a_bool_or_zero_one(value):
+    from sppo_bench.sb3 import SPPO
+
+    model = SPPO("MlpPolicy", _sb3_env({"success": value})(), n_episodes=2)
+    with pytest.raises(UserError, match=r'info\["success"\] must be a bool') as err:
+        model.learn(4)
+    assert "\n" not in str(err.value)
+
+
+def test_sb3_numeric_and_numpy_outcomes_are_accepted():
+    import numpy as np
+
+    from sppo_bench.sb3 import episode_outcome
+
+    for value, expected in ((True, 1.0), (np.bool_(False), 0.0), (1, 1.0), (np.float32(0), 0.0)):
+        assert episode_outcome({"success": value}, 0.0, None) == expected
+
+
+def test_sb3_episodes_that_never_end_cannot_run_forever():
+    """The timesteps budget counts unfinished steps: learn(100) returns after about 100 steps,
+    with a warning that no update was made."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sppo_bench.sb3 import SPPO
+
+    model = SPPO("MlpPolicy", make_vec_env(_sb3_env({}, done=False), n_envs=3), n_episodes=2)
+    with pytest.warns(UserWarning, match="no episode ended"):
+        model.learn(100)
+    assert 100 <= model.num_timesteps < 103
+
+
+def test_sb3_multi_input_policy_and_missing_tensorboard_are_one_line(monkeypatch):
+    import sys
+
+    from sppo_bench.sb3 import SPPO
+
+    env = _sb3_env({"success": True})()
+    with pytest.raises(UserError, match="Dict observation spaces are not"):
+        SPPO("MultiInputPolicy", env)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        SPPO("MlpPolicy", env, tensorboard_log="tb/")
+
+
+def test_sb3_progress_bar_stops_at_its_total(monkeypatch):
+    """3 envs and a budget of 100: the last step reaches 102, the bar 100 of 100."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sppo_bench.sb3 import SPPO, callbacks
+
+    seen = []
+    monkeypatch.setattr(
+        callbacks.BoundedProgressBar,
+        "_on_training_end",
+        lambda self: seen.append((self.pbar.n, self.pbar.total)) or self.pbar.close(),
+    )
+    env = make_vec_env(_sb3_env({"success": True}), n_envs=3)
+    model = SPPO("MlpPolicy", env, n_episodes=6)
+    model.learn(100, progress_bar=True)
+    assert model.num_timesteps == 102 and seen == [(100, 100)]
+
+
+def test_clone_state_dict_of_another_task_names_the_input_size(runs):
+    """Rule 8: a MountainCar clone (2 observations) on a CartPole policy (4) names the
+    observation size, not the hidden sizes."""
+    import gymnasium as gym
+
+    import sppo_bench.control  # noqa: F401
+    from sppo_bench.sb3 import SPPO, clone_state_dict
+
+    model = SPPO("MlpPolicy", gym.make("sppo_bench/PrecisionCartPole-v0"))
+    with pytest.raises(UserError, match="reads 2 observation values .* gives 4"):
+        clone_state_dict(runs / "control/mountaincar/clone/policy.pt", model.policy)
+
+
+# ---------------------------------------------------------------- the user's door
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: sppo-bench" in capsys.readouterr().err
+
+
+def test_every_option_has_help_and_shows_its_default():
+    import argparse
+
+    from sppo_bench.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    missing = []
+    for parser in parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            text = formatter._expand_help(action) if action.help else ""
+            if not text or (action.option_strings and "default" not in text):
+                missing.append(f"{parser.prog} {action.option_strings or action.dest}")
+    assert not missing, missing
+
+
+def test_the_readme_sb3_example_runs_after_a_plain_install(tmp_path):
+    """The README's SB3 example (budget cut to 1,000 steps) runs without TensorBoard, from a
+    folder without the demo's clone, and writes only under runs/ (ignored by git)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "README.md").read_text()
+    start = text.index("```python\nfrom pathlib import Path")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    assert "tensorboard" not in code and "50_000" in code
+    code = code.replace("50_000", "1_000").replace("n_eval_episodes=32", "n_eval_episodes=2")
+    block = (
+        "import sys; sys.modules['tensorboard'] = sys.modules['torch.utils.tensorboard'] = None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, "-c", block + code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {p.name for p in tmp_path.iterdir()} == {"runs"}
+    assert (tmp_path / "runs/sppo_mountaincar.zip").is_file()
+    ignored = (repo / ".gitignore").read_text().splitlines()
+    assert "/runs/" in ignored
+
+
+def test_the_tiny_recipe_works_from_outside_the_repository(tmp_path, monkeypatch):
+    """Recipe data paths resolve against the recipe file's folder, not the working folder."""
+    from pathlib import Path
+
+    from sppo_bench.llm.recipe import load_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "llm/tiny-cpu.yaml"
+    monkeypatch.chdir(tmp_path)
+    cfg = load_recipe(recipe)
+    assert Path(cfg.data.train).is_file()
+    assert cfg.eval.sets and all(Path(s).is_file() for s in cfg.eval.sets)
+    assert load_recipe(recipe, ["data.train=org/hub-id"]).data.train == "org/hub-id"
+
+
+def test_the_suite_says_whether_stages_are_reused_or_trained(runs, tmp_path):
+    """The demo's stage line says what happens: training on a fresh folder, reuse where the
+    expert and clone are finished (no hard-coded "cached")."""
+    from sppo_bench.orchestration.suite import stage_state
+
+    key = ("mountaincar", "expert", "clone")
+    assert stage_state(tmp_path, key).startswith("training the expert")
+    assert stage_state(runs, key) == "expert and clone found finished (reused)"
+
+
+def test_ray_is_in_the_extra_ci_installs():
+    """Rule 9: the Ray executor's tests must run in CI, which installs the dev extra."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(dep.startswith("ray") for dep in extras["dev"])
+    assert '".[dev]"' in (repo / ".ci/run").read_text()

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sppo_bench.analysis.runs import DEFAULT_METRIC, Run, load_values  # noqa: E402
-from sppo_bench.analysis.stats import auroc, correlations, mean_ci_over_runs  # noqa: E402
+from sppo_bench.analysis.stats import auroc_text, correlation_text, mean_ci_over_runs  # noqa: E402
 from sppo_bench.control.variants import split_folder  # noqa: E402
 from sppo_bench.core.registry import critic_kind, label  # noqa: E402
 from sppo_bench.errors import UserError  # noqa: E402
@@ -120,7 +120,7 @@ def plot_learning_curves(
     for col, task in enumerate(tasks):
         for row, xkey in enumerate(("episodes", "wall_time")):
             ax = axes[row, col]
-            arms = {}
+            arms, shown = {}, []
             for algo in sorted(by_task[task]):
                 curves = [r.eval_curve(metric) for r in by_task[task][algo]]
                 curves = [c for c in curves if len(c) >= 2]
@@ -132,6 +132,7 @@ def plot_learning_curves(
                 grid = np.linspace(0.0, end, grid_points)
                 ys = np.stack([np.interp(grid, c[xkey], c["success"]) for c in curves])
                 mean, lo, hi = mean_ci_over_runs(ys)
+                shown += [mean, lo, hi]
                 color = algo_color(algo)
                 ax.plot(
                     grid / scale,
@@ -148,7 +149,7 @@ def plot_learning_curves(
                 ax.set_title(task_title(task), fontsize=13, fontweight="bold")
             if threshold is not None:
                 ax.axhline(threshold, color="0.5", ls=":", lw=1, label=f"threshold {threshold:g}")
-            ax.set_ylim(-0.03, 1.03)
+            ax.set_ylim(*value_limits(shown, pad=0.03))
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel(f"success rate ({metric} eval)")
@@ -174,6 +175,31 @@ def _stage_files(runs: Sequence[Run]) -> dict[str, list[tuple[Run, int, Path]]]:
 def _episodes_at(run: Run, update: int) -> float:
     rows = run.metrics[run.metrics["update"] == update]
     return float(rows["episodes"].iloc[0]) if len(rows) else float("nan")
+
+
+def value_limits(arrays: Sequence[np.ndarray], pad: float = 0.05) -> tuple[float, float]:
+    """y-limits that show every finite value of ``arrays``: [0, 1] widened by ``pad``, and
+    further where a value lies outside (a critic trained by squared error is not bounded)."""
+    finite = [a[np.isfinite(a)] for a in map(np.asarray, arrays) if np.size(a)]
+    finite = [a for a in finite if a.size]
+    low = min([0.0, *(float(a.min()) for a in finite)])
+    high = max([1.0, *(float(a.max()) for a in finite)])
+    return low - pad, high + pad
+
+
+def _note_non_finite(ax: plt.Axes, values: np.ndarray) -> None:
+    """Say on the panel how many values were infinite (not drawable); NaN marks padding."""
+    count = int(np.isinf(values).sum())
+    if count:
+        ax.text(
+            0.99,
+            0.01,
+            f"{count} infinite values not drawn",
+            ha="right",
+            va="bottom",
+            transform=ax.transAxes,
+            fontsize=7,
+        )
 
 
 def _last_values(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -246,22 +272,22 @@ def plot_tail_effect(runs: Sequence[Run], task: str, out: Path, max_lines: int =
         _plot_value_traces(ax, values, success, max_lines)
         rate = success.mean()
         ax.axhline(rate, color="0.3", ls="--", lw=1, label=f"empirical success rate {rate:.2f}")
-        a0 = auroc(values[success, 0], values[~success, 0])
-        a_end = auroc(
-            _last_values(values, lengths)[success], _last_values(values, lengths)[~success]
-        )
-        ax.plot([], [], " ", label=f"AUROC at t=0: {a0:.2f}; at last step: {a_end:.2f}")
+        a0 = auroc_text(values[success, 0], values[~success, 0])
+        last = _last_values(values, lengths)
+        a_end = auroc_text(last[success], last[~success])
+        ax.plot([], [], " ", label=f"AUROC at t=0: {a0}; at last step: {a_end}")
         episodes = np.nanmean([_episodes_at(r, u) for r, u, _ in items])
         names = " / ".join(sorted({label(r.algo) for r in gae}))
         ax.set_title(f"{names} critic V(s_t), {stage}: {episodes:,.0f} training episodes")
         ax.set_xlabel("time step t")
         ax.set_ylabel("V(s_t)  (predicted success probability)")
-        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylim(*value_limits([values]))
+        _note_non_finite(ax, values)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=7.5)
     ax = axes[3]
     rng = np.random.default_rng(0)
-    ticks = []
+    ticks, drawn = [], []
     for pos, stage in enumerate(STAGES):
         items = sppo_files[stage]
         if not items:
@@ -270,6 +296,7 @@ def plot_tail_effect(runs: Sequence[Run], task: str, out: Path, max_lines: int =
         data = [load_values(p) for _, _, p in items]
         v0 = np.concatenate([d["v0"] for d in data]).astype(float)
         success = np.concatenate([d["success"] for d in data]).astype(bool)
+        drawn.append(v0)
         for offset, mask, color, name in (
             (-0.17, success, SUCCESS_COLOR, "success"),
             (0.17, ~success, FAILURE_COLOR, "failure"),
@@ -280,10 +307,11 @@ def plot_tail_effect(runs: Sequence[Run], task: str, out: Path, max_lines: int =
                 ax.hlines(
                     v0[mask].mean(), pos + offset - 0.13, pos + offset + 0.13, color="k", lw=2
                 )
-        ticks.append(f"{stage}\nAUROC {auroc(v0[success], v0[~success]):.2f}")
+        text = auroc_text(v0[success], v0[~success]).replace(" (", "\n(")
+        ticks.append(f"{stage}\nAUROC {text}")
     ax.hlines([], 0, 0, color="k", lw=2, label="mean")
     ax.set_xticks(range(len(STAGES)), ticks)
-    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylim(*value_limits(drawn))
     ax.set_ylabel("V(s_0)  (predicted success probability)")
     ax.set_title("SPPO critic V(s_0), same start states")
     ax.grid(alpha=0.3, axis="y")
@@ -342,7 +370,6 @@ def plot_calibration(runs: Sequence[Run], out: Path, bins: int = 10) -> Path:
             sd = rate[sel].std(ddof=1) if sel.sum() > 1 else 0.0
             errs.append(1.96 * sd / np.sqrt(sel.sum()))
             counts.append(sel.sum())
-        rho, r = correlations(v0, rate)
         ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor=ALGO_COLORS["sppo"], capsize=3)
         ax.scatter(
             xs,
@@ -351,11 +378,10 @@ def plot_calibration(runs: Sequence[Run], out: Path, bins: int = 10) -> Path:
             color=ALGO_COLORS["sppo"],
             edgecolor="k",
             zorder=3,
-            label=f"bin mean (size ~ count)\nall points: Spearman {rho:.2f}, Pearson {r:.2f}",
+            label=f"bin mean (size ~ count)\nall points: {correlation_text(v0, rate)}",
         )
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_aspect("equal")
+        ax.set_xlim(*value_limits([v0], pad=0.02))
+        ax.set_ylim(*value_limits([rate], pad=0.02))
         ax.set_xlabel("SPPO critic V(s_0)  (predicted success probability)")
         ax.set_ylabel("empirical success rate")
         ax.set_title(f"{task_title(task)}\n({source})", fontsize=11)

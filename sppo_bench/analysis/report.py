@@ -9,7 +9,7 @@ are none, the first variant both have (the markdown names it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,10 @@ from sppo_bench.analysis.figures import algo_label, task_order, task_title
 from sppo_bench.analysis.runs import (
     DEFAULT_FINAL_EVALS,
     DEFAULT_METRIC,
+    check_cells,
     discover_runs,
     export_all_compact,
+    run_problem,
     runs_table,
 )
 from sppo_bench.analysis.stats import (
@@ -43,6 +45,7 @@ class Report:
     improvement: Estimate | None  # P(SPPO > PPO-GAE) over the tasks both have
     improvement_tasks: list[str]
     markdown: str
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (task/label/seedK, why)
 
 
 def _fmt_episodes(value: float) -> str:
@@ -63,7 +66,14 @@ def build_report(
     seed: int = 0,
 ) -> Report:
     """Aggregate the (finished) runs under ``runs_dir``; see the module docstring."""
-    runs = discover_runs(runs_dir, tasks, algos, finished_only=not include_unfinished)
+    found = discover_runs(runs_dir, tasks, algos, finished_only=not include_unfinished)
+    problems = {id(r): run_problem(r, metric) for r in found}
+    excluded = [(r, problems[id(r)]) for r in found if problems[id(r)]]
+    runs = [r for r in found if not problems[id(r)]]
+    if not runs:
+        run, reason = excluded[0]
+        raise UserError(f"no valid runs to report; e.g. {run.path}: {reason}")
+    check_cells(runs)
     table = runs_table(runs, metric, final_evals, threshold)
     task_list = sorted(table["task"].unique(), key=task_order)
     arm = table.drop_duplicates("label").set_index("label")
@@ -138,7 +148,10 @@ def build_report(
     md = _markdown(
         summary, task_list, algo_list, improvement, both, compare, metric, final_evals, threshold
     )
-    return Report(table, summary, improvement, both, md)
+    left = [(f"{r.task}/{r.label}/seed{r.seed}", reason) for r, reason in excluded]
+    if left:
+        md += "\n\nLeft out (not valid runs):\n\n" + "\n".join(f"- {n}: {w}" for n, w in left)
+    return Report(table, summary, improvement, both, md, left)
 
 
 def _compared_labels(table: pd.DataFrame, compare: tuple[str, str]) -> tuple[str, str]:

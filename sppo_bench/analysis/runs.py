@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -161,18 +163,111 @@ class Run:
         path = self.path / "calibration.npz"
         if not path.is_file():
             return None
-        with np.load(path) as data:
-            return {
-                "v0": data["v0"].astype(float),
-                "success_rate": data["success_rate"].astype(float),
-            }
+        data = read_npz(path)
+        return {"v0": data["v0"].astype(float), "success_rate": data["success_rate"].astype(float)}
 
 
 def load_values(path: Path) -> dict[str, np.ndarray]:
     """One values npz as a dict: ``success [E]``, ``v0 [E]``, ``lengths [E]``, ``values [E, H]``
-    (the last only for per-step critics)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    (the last only for per-step critics). A file that cannot be read whole (truncated, not an
+    npz) is a one-line ``UserError`` naming it."""
+    return read_npz(path)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the npz file ``path``; an unreadable file is a one-line ``UserError``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = type(exc).__name__ if isinstance(exc, zipfile.BadZipFile) else "unreadable"
+        raise UserError(f"{str(path)!r} is not a whole .npz file ({reason}: truncated?)") from None
+
+
+def run_problem(run: Run, metric: str = DEFAULT_METRIC) -> str | None:
+    """Why ``run`` must not enter a report or figure, in one line, or None when it may.
+
+    A run's ``config.yaml`` must name the task, algorithm, variant and seed of its folder (a
+    folder copied under another name is not that run); every metrics row must hold an integer
+    ``update`` and numeric ``episodes``; evaluation successes must lie in [0, 1]; a finished
+    run's last row must carry its final evaluation of ``metric``."""
+    config = run.config
+    stored = {k: config.get(k) for k in ("task", "algo", "seed") if k in config}
+    stored["variant"] = config.get("variant")
+    expected = {"task": run.task, "algo": run.algo, "seed": run.seed, "variant": run.variant}
+    for key, value in stored.items():
+        if value != expected[key]:
+            return f"config.yaml says {key} {value!r}, the folder {expected[key]!r} (a copy?)"
+    try:
+        rows = RunDir(run.path).metrics().rows()
+    except UserError as exc:
+        return str(exc)
+    key = metric_key(metric)
+    for number, row in enumerate(rows, 1):
+        where = f"metrics.jsonl row {number}"
+        if not _is_int(row.get("update")):
+            return f"{where}: 'update' is {row.get('update')!r}, not an integer"
+        if not _is_number(row.get("episodes")):
+            return f"{where}: 'episodes' is {row.get('episodes')!r}, not a number"
+        present = [name for name in EVAL_METRICS.values() if row.get(name) is not None]
+        for name in present:
+            if not (_is_number(row[name]) and 0.0 <= row[name] <= 1.0):
+                return f"{where}: {name} is {row[name]!r}, not a success rate in [0, 1]"
+        if len(present) == 1:  # an evaluation row with one of its two values missing
+            missing = next(n for n in EVAL_METRICS.values() if n not in present)
+            return f"{where}: {present[0]} without {missing} (a missing evaluation value)"
+    if run.done and rows and rows[-1].get(key) is None:
+        return f"metrics.jsonl: the last row (update {rows[-1]['update']}) has no {key}"
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def settings_key(run: Run) -> str:
+    """The run's stored settings without its seed (what the runs of one cell share)."""
+    rest = {k: v for k, v in run.config.items() if k != "seed"}
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
+def check_cells(runs: list[Run]) -> None:
+    """Runs of one (task, algorithm, variant) cell must share their settings (budget,
+    overrides): a one-line ``UserError`` names the cell, the seeds and the first key that
+    differs."""
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        cells.setdefault((run.task, run.label), []).append(run)
+    for (task, label), members in cells.items():
+        groups: dict[str, list[Run]] = {}
+        for run in members:
+            groups.setdefault(settings_key(run), []).append(run)
+        if len(groups) > 1:
+            (a, *_), (b, *_) = list(groups.values())[:2]
+            key = _first_difference(a.config, b.config)
+            seeds = " vs ".join(",".join(str(r.seed) for r in g) for g in list(groups.values())[:2])
+            raise UserError(
+                f"{task}/{label} mixes runs of different settings (seeds {seeds} differ in "
+                f"{key}); report them apart (--runs-dir, --tasks/--algos) or name a --variant"
+            )
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in sorted(set(a) | set(b)):
+        if key == "seed" and not prefix:
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = _first_difference(x, y, f"{prefix}{key}.")
+            if inner:
+                return inner
+        elif x != y:
+            return f"{prefix}{key} ({x!r} / {y!r})"
+    return ""
 
 
 def discover_runs(

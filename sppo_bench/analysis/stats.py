@@ -196,6 +196,27 @@ def correlations(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(sps.spearmanr(pred, target).statistic), float(sps.pearsonr(pred, target).statistic)
 
 
+def correlation_text(pred: np.ndarray, target: np.ndarray) -> str:
+    """``Spearman 0.71, Pearson 0.68``, or why they are undefined (one point, a constant)."""
+    pred, target = np.asarray(pred, dtype=float), np.asarray(target, dtype=float)
+    if pred.size < 2:
+        return f"Spearman, Pearson undefined ({pred.size} point)"
+    for values, name in ((pred, "V(s_0)"), (target, "the success rate")):
+        if np.ptp(values) == 0:
+            return f"Spearman, Pearson undefined ({name} is {values[0]:.2f} everywhere)"
+    rho, r = correlations(pred, target)
+    return f"Spearman {rho:.2f}, Pearson {r:.2f}"
+
+
+def auroc_text(score_pos: np.ndarray, score_neg: np.ndarray) -> str:
+    """``0.83``, or ``n/a (no failures)`` / ``n/a (no successes)`` where a class is empty."""
+    if np.size(score_neg) == 0:
+        return "n/a (no failures)" if np.size(score_pos) else "n/a (no episodes)"
+    if np.size(score_pos) == 0:
+        return "n/a (no successes)"
+    return f"{auroc(score_pos, score_neg):.2f}"
+
+
 def auroc(score_pos: np.ndarray, score_neg: np.ndarray) -> float:
     """Area under the ROC curve of a score separating positives from negatives.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from pathlib import Path
 
 
 def int_at_least(low: int, high: int | None = None) -> typing.Callable[[str], int]:
@@ -36,6 +37,19 @@ def unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is out of range; valid: 0 to 1")
     return value
+
+
+def tensorboard_dir(text: str) -> Path:
+    """An argparse ``type``: a folder for TensorBoard event files. TensorBoard must be installed
+    and the path must not be a file, so that a run never starts only to fail at its first row."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a folder")
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise argparse.ArgumentTypeError("needs TensorBoard: pip install tensorboard") from None
+    return path
 
 
 SEED = int_at_least(0, 2**32 - 1)  # numpy's seed range

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sppo_bench.commands.argtypes import SEED, int_at_least
+from sppo_bench.commands.argtypes import SEED, int_at_least, tensorboard_dir
 from sppo_bench.control.tasks import TASKS, get_task
 from sppo_bench.core import algorithm_names, get_estimator
 
@@ -24,7 +24,7 @@ ALGO_HELP = f"one of: {', '.join(algorithm_names())}"
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     parser.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: runs")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folder root")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -67,16 +67,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     clone = stages.add_parser("clone", help="clone successful expert episodes into the policy")
     _common(clone)
-    clone.add_argument("--demos", type=int_at_least(1), help="successful expert episodes to clone")
-    clone.add_argument("--epochs", type=int, help="behaviour-cloning epochs")
+    clone.add_argument(
+        "--demos",
+        type=int_at_least(1),
+        help="successful expert episodes to clone (default: the spec's)",
+    )
+    clone.add_argument(
+        "--epochs", type=int_at_least(0), help="behaviour-cloning epochs (default: the spec's)"
+    )
     clone.set_defaults(func=run_clone)
 
     train = stages.add_parser("train", help="RL fine-tuning of the clone with one estimator")
     _common(train)
     train.add_argument("--algo", required=True, help=ALGO_HELP)
-    train.add_argument("--episodes", type=int_at_least(1), help="training-episode budget")
     train.add_argument(
-        "--tensorboard", type=Path, help="also write the metrics as TensorBoard scalars here"
+        "--episodes",
+        type=int_at_least(1, 10**10),
+        help="training-episode budget, rounded up to whole updates (default: the spec's)",
+    )
+    train.add_argument(
+        "--tensorboard",
+        type=tensorboard_dir,
+        help="also write the metrics as TensorBoard scalars here",
     )
     train.set_defaults(func=run_train)
 
@@ -84,7 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="success rates of a run (or, without --algo, of the clone)"
     )
     _common(evaluate)
-    evaluate.add_argument("--algo", help=ALGO_HELP)
+    evaluate.add_argument("--algo", help=f"{ALGO_HELP} (default: the clone)")
     evaluate.add_argument(
         "--n-eval", type=int_at_least(1), default=128, help="evaluation start states"
     )

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sppo_bench.commands.argtypes import int_at_least
-from sppo_bench.config import load_config
+from sppo_bench.commands.argtypes import int_at_least, tensorboard_dir
 from sppo_bench.core import algorithm_names
 from sppo_bench.errors import UserError
 from sppo_bench.io import read_torch_file
@@ -25,7 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--recipe", required=True, help="recipe YAML (see llm/)")
-        p.add_argument("--algo", help=f"estimator: {', '.join(algorithm_names())}")
+        p.add_argument(
+            "--algo",
+            help=f"estimator: {', '.join(algorithm_names())} (default: the recipe's algo.name)",
+        )
         p.add_argument(
             "--set",
             dest="overrides",
@@ -37,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--run-dir", help="run folder (default: train.output_dir/<algo>)")
         if name == "train":
             p.add_argument(
-                "--tensorboard", type=Path, help="also write the metrics as TensorBoard scalars"
+                "--tensorboard",
+                type=tensorboard_dir,
+                help="also write the metrics as TensorBoard scalars",
             )
         p.add_argument(
             "--threads", type=int_at_least(1), default=1, help="torch CPU threads (default 1)"
@@ -51,12 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from sppo_bench.llm.recipe import LLMConfig, resolve_algorithm_defaults
+    from sppo_bench.llm.recipe import load_recipe, resolve_algorithm_defaults
 
     overrides = list(args.overrides)
     if args.algo:
         overrides.append(f"algo.name={args.algo}")
-    return resolve_algorithm_defaults(load_config(LLMConfig, args.recipe, overrides))
+    return resolve_algorithm_defaults(load_recipe(args.recipe, overrides))
 
 
 def run_train(args: argparse.Namespace) -> int:

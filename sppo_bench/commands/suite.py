@@ -35,7 +35,12 @@ def _add_run_args(parser: argparse.ArgumentParser, runs_dir: Path | None = Path(
 
 
 def _add_report_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
+    parser.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        choices=sorted(EVAL_METRICS),
+        help="evaluation success used: stochastic or deterministic policy",
+    )
     parser.add_argument(
         "--final-evals",
         type=int_at_least(1),
@@ -52,8 +57,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     suite_sub = suite.add_subparsers(dest="suite_command", metavar="{run,report}", required=True)
     run = suite_sub.add_parser("run", help="run tasks x algorithms x seeds of a profile")
     run.add_argument("--profile", default="quick", help="quick, standard, paper or a .yaml path")
-    run.add_argument("--tasks", nargs="+", default=None, help="subset of the profile's tasks")
-    run.add_argument("--algos", nargs="+", default=None, help="override the profile's algorithms")
+    run.add_argument(
+        "--tasks", nargs="+", default=None, help="subset of the profile's tasks (default: all)"
+    )
+    run.add_argument(
+        "--algos",
+        nargs="+",
+        default=None,
+        help="override the profile's algorithms (default: the profile's)",
+    )
     run.add_argument(
         "--seeds", type=int_at_least(1), default=None, help="seeds 0..N-1 (default: profile's)"
     )
@@ -63,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="NAME",
-        help="run only this declared variant (repeatable); with --set: define variant NAME",
+        help="run only this declared variant (repeatable); with --set: define variant NAME "
+        "(default: every declared variant)",
     )
     run.add_argument(
         "--set",
@@ -91,12 +104,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_run_args(run)
     run.set_defaults(func=cmd_suite_run)
     report = suite_sub.add_parser("report", help="statistics tables of finished runs")
-    report.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    report.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folder root")
     report.add_argument(
         "--out", type=Path, default=None, help="output folder (default: <runs-dir>/report)"
     )
-    report.add_argument("--tasks", nargs="+", default=None)
-    report.add_argument("--algos", nargs="+", default=None)
+    report.add_argument("--tasks", nargs="+", default=None, help="tasks (default: all found)")
+    report.add_argument("--algos", nargs="+", default=None, help="algorithms (default: all found)")
     report.add_argument(
         "--include-unfinished", action="store_true", help="also use runs without a done marker"
     )
@@ -104,24 +117,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_suite_report)
 
     plot = subparsers.add_parser("plot", help="figures from existing control runs")
-    plot.add_argument("figure", choices=("curves", "tail-effect", "calibration", "phase"))
-    plot.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    plot.add_argument(
+        "figure",
+        choices=("curves", "tail-effect", "calibration", "phase"),
+        help="which figure: curves, tail-effect, calibration or phase",
+    )
+    plot.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folder root")
     plot.add_argument(
         "--out", type=Path, default=None, help="output folder (default: <runs-dir>/report/figures)"
     )
-    plot.add_argument("--tasks", nargs="+", default=None)
-    plot.add_argument("--algos", nargs="+", default=None)
-    plot.add_argument("--metric", default=DEFAULT_METRIC, choices=sorted(EVAL_METRICS))
+    plot.add_argument("--tasks", nargs="+", default=None, help="tasks (default: all found)")
+    plot.add_argument("--algos", nargs="+", default=None, help="algorithms (default: all found)")
+    plot.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        choices=sorted(EVAL_METRICS),
+        help="evaluation success plotted: stochastic or deterministic policy",
+    )
     plot.add_argument("--threshold", type=unit_float, default=None, help="draw this success level")
-    plot.add_argument("--include-unfinished", action="store_true")
+    plot.add_argument(
+        "--include-unfinished", action="store_true", help="also use runs without a done marker"
+    )
     plot.set_defaults(func=cmd_plot)
 
     demo = subparsers.add_parser(
         "demo", help="a few-minute real run: quick profile, 2 tasks, SPPO vs PPO-GAE, 3 seeds"
     )
-    demo.add_argument("--out", type=Path, default=Path("demo_output"))
-    demo.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS))
-    demo.add_argument("--seeds", type=int_at_least(1), default=DEMO_SEEDS)
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="folder of the runs and the report"
+    )
+    demo.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), help="control tasks")
+    demo.add_argument("--seeds", type=int_at_least(1), default=DEMO_SEEDS, help="seeds per arm")
     _add_run_args(demo, runs_dir=None)
     demo.set_defaults(func=cmd_demo)
 
@@ -188,8 +214,10 @@ def _print_left_out(runs_dir: Path, tasks, algos, report) -> None:
     left = [
         r for r in discover_runs(runs_dir, tasks, algos) if (r.task, r.label, r.seed) not in used
     ]
+    excluded = dict(getattr(report, "excluded", []))
     for run in left:
         state = f"diverged: {run.diverged}" if run.diverged else "unfinished (no done marker)"
+        state = excluded.get(f"{run.task}/{run.label}/seed{run.seed}", state)
         print(f"not in the report: {run.task}/{run.label}/seed{run.seed}: {state}")
 
 

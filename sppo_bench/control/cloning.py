@@ -157,7 +157,6 @@ def clone_expert(
         return out
     start = time.time()
     torch.manual_seed(seed)
-    write_yaml_atomic(out / "config.yaml", {"task": spec.task, "seed": seed, **to_dict(spec)})
     expert = ExpertActor(variant_stage_dir(runs_dir, spec.task, "expert", variant) / "policy.pt")
     demos, tried = expert_demonstrations(spec, expert)
     keep = demos.mask.astype(bool)
@@ -168,6 +167,8 @@ def clone_expert(
         actions = noisy_actions(actions, spec.clone.demo_noise, space, rng)
     policy = build_policy(spec)
     final_loss = fit(policy, obs, actions, spec, progress)
+    # the settings are stored with the clone they made: a failed attempt leaves none behind
+    write_yaml_atomic(out / "config.yaml", {"task": spec.task, "seed": seed, **to_dict(spec)})
     save_policy(out / "policy.pt", policy, spec)
     fit_time = time.time() - start
     n_eval = spec.clone.eval_episodes

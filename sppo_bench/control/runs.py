@@ -114,6 +114,8 @@ def requested_spec(
     compute_autocast(spec.rl.compute_dtype)
     if episodes is not None:
         spec.rl.episodes = episodes
+    per_update = spec.rl.trajectories_per_update  # stored: the episodes whole updates train
+    spec.rl.episodes = -(-spec.rl.episodes // per_update) * per_update
     return spec
 
 

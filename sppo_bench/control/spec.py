@@ -16,9 +16,20 @@ from typing import Any, ClassVar
 
 from sppo_bench.config import load_config, read_yaml
 from sppo_bench.control.tasks import TaskInfo, get_task
-from sppo_bench.core.bounds import LEARNING_RATE, PROBABILITY, at_least, check_bounds
+from sppo_bench.core.bounds import (
+    FINITE,
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Bound,
+    at_least,
+    check_bounds,
+    optional,
+)
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
 from sppo_bench.core.registry import get_estimator
+from sppo_bench.errors import UserError
 
 # ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
 # non-editable install (``pip install .``) finds the specs too.
@@ -130,6 +141,9 @@ def upgrade_stored_rl(rl: dict[str, Any]) -> dict[str, Any]:
     """A stored ``rl`` section with the keys of older versions as today's: ``ent_coef`` ->
     ``entropy_coef``, the count ``minibatches`` -> ``mini_batch_size`` (the same pieces)."""
     rl = dict(rl)
+    per_update = rl.get("trajectories_per_update")
+    if isinstance(per_update, int) and isinstance(rl.get("episodes"), int) and per_update > 0:
+        rl["episodes"] = -(-rl["episodes"] // per_update) * per_update  # what the run trained
     rl.setdefault("compute_dtype", "float32")  # runs before the key existed computed in fp32
     if "ent_coef" in rl:
         rl.setdefault("entropy_coef", rl.pop("ent_coef"))
@@ -182,23 +196,41 @@ def spec_path(task: str | TaskInfo) -> Path:
     return ENVS_DIR / f"{get_task(task).name}.yaml"
 
 
+MEMORY_CAP = 1_000_000  # counts that size a buffer or a loop of one call: at most this
+LAYERS: Bound = (
+    (lambda v: isinstance(v, list) and all(at_least(1, 4096)[0](x) for x in v)),
+    "a list of layer widths, integers from 1 to 4,096",
+)
 SPEC_BOUNDS = {
-    **{f"expert.{k}": at_least(1) for k in ("total_timesteps", "n_envs", "n_steps")},
-    **{f"expert.{k}": at_least(1) for k in ("batch_size", "n_epochs", "eval_episodes")},
+    **{f"expert.{k}": PROBABILITY for k in ("gamma", "gae_lambda")},
+    **{f"expert.{k}": POSITIVE for k in ("clip_range", "max_grad_norm")},
+    **{f"expert.{k}": NON_NEGATIVE for k in ("ent_coef", "vf_coef")},
+    "expert.log_std_init": FINITE,
+    "expert.train_horizon": optional(at_least(1, 10**7)),
+    "expert.net_arch": LAYERS,
+    "policy.hidden": LAYERS,
+    "policy.critic_hidden": LAYERS,
+    "clone.log_std": FINITE,
+    "expert.total_timesteps": at_least(1, 10**10),
+    **{f"expert.{k}": at_least(1, MEMORY_CAP) for k in ("n_envs", "n_steps", "batch_size")},
+    **{f"expert.{k}": at_least(1, MEMORY_CAP) for k in ("n_epochs", "eval_episodes")},
     "expert.learning_rate": LEARNING_RATE,
-    **{f"clone.{k}": at_least(1) for k in ("episodes", "max_rollouts", "batch_size")},
-    "clone.eval_episodes": at_least(1),
-    "clone.epochs": at_least(0),
+    **{f"clone.{k}": at_least(1, MEMORY_CAP) for k in ("episodes", "max_rollouts", "batch_size")},
+    "clone.eval_episodes": at_least(1, MEMORY_CAP),
+    "clone.epochs": at_least(0, MEMORY_CAP),
     "clone.lr": LEARNING_RATE,
     "clone.demo_noise": PROBABILITY,
-    **{f"rl.{k}": at_least(1) for k in ("episodes", "trajectories_per_update", "eval_every")},
-    **{f"rl.{k}": at_least(1) for k in ("n_eval", "checkpoint_every")},
-    "rl.group_size": at_least(2),
+    "rl.episodes": at_least(1, 10**10),
+    **{f"rl.{k}": at_least(1, MEMORY_CAP) for k in ("trajectories_per_update", "n_eval")},
+    **{f"rl.{k}": at_least(1) for k in ("eval_every", "checkpoint_every")},
+    "rl.group_size": at_least(2, MEMORY_CAP),
     **ppo_bounds("rl"),
 }
 
 
 PARAMS_KEY = "rl.estimator_params."
+IDENTITY_KEYS = ("task", "env_id", "horizon", "success_rule", "decisions")
+SETTABLE_SECTIONS = ("expert.*", "clone.*", "policy.*", "rl.*")
 
 
 def canonical_params(table: Any) -> Any:
@@ -236,11 +268,22 @@ def load_spec(task: str | TaskInfo, overrides: Sequence[str] = ()) -> TaskSpec:
     The task is resolved here once (``TaskSpec.info``).
     """
     info = get_task(task)
+    for item in overrides:  # the task's identity is its file's, not a setting
+        key = item.partition("=")[0].strip()
+        if key in IDENTITY_KEYS:
+            raise UserError(
+                f"{key!r} describes the task (envs/{info.name}.yaml) and is not a "
+                f"setting; settable: {', '.join(sorted(SETTABLE_SECTIONS))} (e.g. rl.lr=1e-4)"
+            )
     data = read_yaml(spec_path(info))
     if isinstance(data.get("rl"), dict) and "estimator_params" in data["rl"]:
         data["rl"]["estimator_params"] = canonical_params(data["rl"]["estimator_params"])
     spec = load_config(TaskSpec, None, [canonical_override(o) for o in overrides], base=data)
     spec.rl.estimator_params = canonical_params(spec.rl.estimator_params)
     check_bounds(spec, SPEC_BOUNDS)
+    for name, params in spec.rl.estimator_params.items():  # each value in its registry bounds
+        if not isinstance(params, dict):
+            raise UserError(f"{PARAMS_KEY}{name} must be a mapping of parameters, got {params!r}")
+        get_estimator(name).configured_params({name: params})
     spec.__dict__["_info"] = info
     return spec

@@ -21,12 +21,14 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def at_least(n: int) -> Bound:
-    return (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= n
-    ), f"an integer >= {n}"
+def at_least(n: int, most: int | None = None) -> Bound:
+    """An integer >= ``n`` (and <= ``most``: counts whose memory or time grows with them)."""
+    high = math.inf if most is None else most
+    valid = f"an integer >= {n}" if most is None else f"an integer from {n} to {most:,}"
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and n <= v <= high), valid
 
 
+FINITE: Bound = _finite, "a finite number"
 POSITIVE: Bound = (lambda v: _finite(v) and v > 0), "a finite number > 0"
 NON_NEGATIVE: Bound = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
 UNIT: Bound = (lambda v: _finite(v) and 0 < v <= 1), "a number in (0, 1]"
@@ -59,4 +61,5 @@ def check_bounds(config: Any, bounds: Mapping[str, Bound]) -> None:
         for part in key.split("."):
             value = getattr(value, part)
         if not accepts(value):
-            raise UserError(f"{key}={value!r} is out of range; valid: {valid}")
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            raise UserError(f"{key}={shown} is out of range; valid: {valid}")

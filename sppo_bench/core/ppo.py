@@ -113,7 +113,7 @@ def ppo_bounds(prefix: str) -> dict[str, Bound]:
         "dual_clip": optional(ABOVE_ONE),
         "entropy_coef": NON_NEGATIVE,
         "max_grad_norm": POSITIVE,
-        "epochs": at_least(1),
+        "epochs": at_least(1, 100_000),
         "mini_batch_size": at_least(1),
     }
     return {f"{prefix}.{k}": b for k, b in bounds.items()}

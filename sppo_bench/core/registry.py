@@ -131,14 +131,21 @@ class EstimatorSpec:
             raise UserError(
                 f"unknown parameter {unknown[0]!r} for estimator {self.run_name!r}; valid: {valid}"
             )
-        for key, value in given.items():
-            accepts, valid = self.bounds[key]
-            if not accepts(value):
-                raise UserError(
-                    f"estimator_params.{self.run_name}.{key}={value!r} is out of range; "
-                    f"valid: {valid}"
-                )
-        return {**self.params, **given}
+        return {**self.params, **{k: self.checked(k, v) for k, v in given.items()}}
+
+    def checked(self, key: str, value: object) -> object:
+        """``value`` of parameter ``key`` if it lies in ``bounds[key]`` (an int for a float
+        parameter becomes a float); otherwise a one-line ``UserError``."""
+        accepts, valid = self.bounds[key]
+        if not accepts(value):
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            raise UserError(
+                f"estimator_params.{self.run_name}.{key}={shown} is out of range; valid: {valid}"
+            )
+        default = self.params[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {}

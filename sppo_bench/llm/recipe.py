@@ -21,9 +21,12 @@ reinforce   1          0         -           -
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from sppo_bench.config import load_config, read_yaml
 from sppo_bench.core import get_estimator
 from sppo_bench.core.bounds import NON_NEGATIVE, POSITIVE, UNIT, at_least, check_bounds, optional
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
@@ -31,10 +34,10 @@ from sppo_bench.errors import UserError
 
 RECIPE_BOUNDS = {
     **{f"train.{k}": at_least(1) for k in ("steps", "save_every", "reward_workers")},
-    **{f"train.{k}": at_least(1) for k in ("batch_size", "micro_batch_size")},
+    **{f"train.{k}": at_least(1, 10**6) for k in ("batch_size", "micro_batch_size")},
     "train.reward_timeout_s": POSITIVE,
     "train.seed": at_least(0),
-    **{f"rollout.{k}": at_least(1) for k in ("max_new_tokens", "generation_batch_size")},
+    **{f"rollout.{k}": at_least(1, 10**6) for k in ("max_new_tokens", "generation_batch_size")},
     "rollout.cpu_kv_cache_gib": at_least(1),
     "rollout.temperature": NON_NEGATIVE,
     "rollout.top_p": UNIT,
@@ -42,10 +45,10 @@ RECIPE_BOUNDS = {
     **ppo_bounds("algo"),
     "algo.value_clip": optional(POSITIVE),
     "actor.warmup_steps": at_least(0),
-    "eval.k": at_least(1),
+    "eval.k": at_least(1, 10**5),
     "eval.temperature": NON_NEGATIVE,
     "eval.top_p": UNIT,
-    "eval.max_new_tokens": at_least(1),
+    "eval.max_new_tokens": at_least(1, 10**6),
 }
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -195,6 +198,31 @@ class LLMConfig:
     actor: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LLMConfig:
+    """The recipe at ``path`` with ``key=value`` overrides. A recipe must name its model
+    (``model.policy``): a one-line ``UserError`` otherwise, never a silent Hub default. Relative
+    data paths (``data.train``, ``eval.sets``) that exist beside the recipe file resolve against
+    its folder; anything else (a Hub id, a path from the working folder) stays as given."""
+    data = read_yaml(path)
+    model = data.get("model")
+    named = isinstance(model, dict) and model.get("policy")
+    if not named and not any(o.partition("=")[0].strip() == "model.policy" for o in overrides):
+        raise UserError(
+            f"recipe {str(path)!r} names no model: add model.policy (a Hub id, a local path, "
+            "tiny:<size> or random:<size>); see llm/tiny-cpu.yaml"
+        )
+    cfg = load_config(LLMConfig, None, overrides, base=data)
+    folder = Path(path).parent
+
+    def beside(source: str) -> str:
+        candidate = folder / source
+        return str(candidate) if not Path(source).is_absolute() and candidate.exists() else source
+
+    cfg.data.train = beside(cfg.data.train)
+    cfg.eval.sets = [beside(s) for s in cfg.eval.sets]
+    return cfg
 
 
 def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:

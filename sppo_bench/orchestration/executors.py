@@ -131,7 +131,7 @@ class _InlineExecutor:
             future.set_exception(exc)
         return future
 
-    def wait_any(self, handles: list[Any]) -> list[Any]:
+    def wait_any(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
         return [h for h in handles if h.done()]
 
     def result(self, handle: Future) -> Any:
@@ -152,8 +152,8 @@ class _PoolExecutor(_InlineExecutor):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.pool.submit(fn, *args)
 
-    def wait_any(self, handles: list[Any]) -> list[Any]:
-        return list(wait(handles, return_when=FIRST_COMPLETED).done)
+    def wait_any(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        return list(wait(handles, timeout=timeout, return_when=FIRST_COMPLETED).done)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -194,8 +194,8 @@ class _RayExecutor:
             self.remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
         return self.remote[fn].remote(*args)
 
-    def wait_any(self, handles: list[Any]) -> list[Any]:
-        done, _ = self.ray.wait(handles, num_returns=1)
+    def wait_any(self, handles: list[Any], timeout: float | None = None) -> list[Any]:
+        done, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
         return done
 
     def result(self, handle: Any) -> Any:

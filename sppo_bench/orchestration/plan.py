@@ -14,6 +14,8 @@ from sppo_bench.errors import UserError
 from sppo_bench.orchestration.profile import EVAL_EVERY_KEY, Profile, validate_algos
 from sppo_bench.rundir import RunDir
 
+MAX_SEEDS = 10_000  # seeds of one suite: a larger plan is a typo, and would fill memory
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -102,6 +104,8 @@ def plan_runs(
     n_seeds = profile.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
+    if n_seeds > MAX_SEEDS:
+        raise UserError(f"--seeds {n_seeds} is out of range; valid: 1 to {MAX_SEEDS:,}")
     with_base, chosen = select_variants(profile, variants, variant_overrides)
     specs = []
     for task in tasks:

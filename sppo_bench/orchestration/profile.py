@@ -77,6 +77,8 @@ def load_profile(name_or_path: str) -> Profile:
             f"unknown key {unknown[0]!r} in profile {str(path)!r}; "
             f"valid: {', '.join(sorted(allowed))}"
         )
+    if isinstance(data.get("algos"), str):  # `algos: sppo` is a string, not a list
+        raise UserError(f"profile key 'algos' must be a list, e.g. algos: [{data['algos']}]")
     algos = tuple(validate_algos(tuple(data.get("algos") or ())))
     tasks_data = data.get("tasks")
     if not isinstance(tasks_data, dict) or not tasks_data:
@@ -136,6 +138,8 @@ def _load_variants(data: Any, where: str) -> dict[str, Variant]:
                     f"profile variant {name!r}: unknown key {unknown[0]!r}; "
                     "valid: algos, set, tasks"
                 )
+            if isinstance(body.get("algos"), str):
+                raise UserError(f"profile variant {name!r}: 'algos' must be a list of names")
             algos = (
                 tuple(validate_algos(list(body.get("algos") or ()))) if "algos" in body else None
             )

@@ -43,6 +43,7 @@ from sppo_bench.orchestration.plan import (
     stack_jobs,
     stage_overrides,
 )
+from sppo_bench.rundir import stage_dir
 
 
 def _job_name(specs: Sequence[RunSpec]) -> str:
@@ -55,6 +56,18 @@ def _stages(key: tuple[str, str, str]) -> str:
     """``task`` or ``task (expert@v, clone@v)`` for progress lines."""
     task, expert, clone = key
     return task if (expert, clone) == ("expert", "clone") else f"{task} ({expert}, {clone})"
+
+
+def stage_state(runs_dir: Path, key: tuple[str, str, str]) -> str:
+    """What the stages of ``key`` (task, expert folder, clone folder) will do: both found
+    finished (reused), or which of them train now."""
+    task, expert, clone = key
+    found = [(stage_dir(runs_dir, task, f) / "done").is_file() for f in (expert, clone)]
+    if all(found):
+        return "expert and clone found finished (reused)"
+    if found[0]:
+        return "expert found finished (reused); cloning now"
+    return "training the expert, then cloning (the bar counts RL runs, which follow)"
 
 
 def _clock(seconds: float) -> str:
@@ -123,9 +136,11 @@ def run_suite(
             overrides = stage_overrides(first)
             job = pool.submit(execute_clone, clone_fn, task, runs_dir, overrides, owner)
             jobs[job] = ("clone", key)
-            bar.write(f"[{_clock(0)}] {_stages(key)}: expert and clone stages (cached reused)")
+            bar.write(f"[{_clock(0)}] {_stages(key)}: {stage_state(runs_dir, key)}")
         while jobs:
-            for handle in pool.wait_any(list(jobs)):
+            stages = [_stages(item) for kind, item in jobs.values() if kind == "clone"]
+            bar.set_postfix_str(f"expert/clone: {', '.join(stages)}" if stages else "")
+            for handle in pool.wait_any(list(jobs), timeout=1.0):  # the clock ticks meanwhile
                 kind, item = jobs.pop(handle)
                 try:
                     pool.result(handle)

@@ -10,10 +10,7 @@ The algorithm is the one of :mod:`sppo_bench.core`, fed from an SB3 ``VecEnv``:
   clipped surrogate is taken against that behaviour policy. No step is discarded, and long
   episodes are not under-represented. A new ``learn(reset_num_timesteps=True)`` resets the envs
   and drops the carried steps.
-- **Outcome.** R of an episode is ``info["success"]`` of its last step where present, otherwise
-  its undiscounted return (the ``Monitor``'s ``info["episode"]["r"]`` where present, which is the
-  raw return even under ``VecNormalize``). R must be 0 or 1; a non-binary R is a one-line
-  ``UserError`` unless ``return_transform`` maps the return into ``[0, 1]``.
+- **Outcome.** R of an episode: ``sppo_bench.sb3.episodes.episode_outcome``.
 - **Sequence critic.** The policy's value head output is the logit v; the critic is read only at
   each episode's first observation: V(s_0) = sigmoid(v(s_0)), trained by
   ``core.bce_value_loss(v, R)``.
@@ -30,15 +27,14 @@ One optimiser step per mini-batch of ``batch_size`` episodes minimises, as SB3's
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -52,123 +48,22 @@ from stable_baselines3.common.vec_env import VecEnv
 from sppo_bench.core import (
     AGGREGATIONS,
     AdvantageInput,
-    aggregate,
-    bce_value_loss,
-    clipped_policy_loss,
     compute_advantages,
     explained_variance,
 )
-from sppo_bench.core.losses import PolicyLossOutput
 from sppo_bench.errors import UserError
+from sppo_bench.sb3.callbacks import BoundedProgressBar, has_tensorboard
+from sppo_bench.sb3.episodes import (
+    Episode,
+    EpisodeBatch,
+    EpisodeBuffer,
+    ReturnTransform,
+    episode_outcome,
+    new_steps,
+)
+from sppo_bench.sb3.losses import SPPOLosses, minibatch_losses
 
 SelfSPPO = TypeVar("SelfSPPO", bound="SPPO")
-ReturnTransform = Callable[[float], float]
-
-
-@dataclass
-class Episode:
-    """One complete episode of length ``L``.
-
-    observations: ``[L, *obs_shape]``; actions: ``[L, *action_shape]`` (as sampled, before
-    clipping to the action bounds); log_probs: ``[L]`` of the behaviour policy; outcome: R.
-    """
-
-    observations: np.ndarray
-    actions: np.ndarray
-    log_probs: np.ndarray
-    outcome: float
-
-    def __len__(self) -> int:
-        return len(self.log_probs)
-
-
-@dataclass
-class EpisodeBatch:
-    """Episodes padded to ``T`` steps: ``observations [B, T, *obs]``, ``actions [B, T, *act]``,
-    ``old_log_probs [B, T]``, ``mask [B, T]``, ``rewards [B, T]`` (R on each row's last real
-    step, 0 elsewhere), ``outcomes [B]``, ``first_observations [B, *obs]``."""
-
-    observations: th.Tensor
-    actions: th.Tensor
-    old_log_probs: th.Tensor
-    mask: th.Tensor
-    rewards: th.Tensor
-    outcomes: th.Tensor
-    first_observations: th.Tensor
-
-
-@dataclass
-class SPPOLosses:
-    """policy: the core's ``PolicyLossOutput`` (loss, approx_kl, clip_fraction);
-    entropy_loss: -aggregate(H); value_loss: BCE(v(s_0), R). Scalars."""
-
-    policy: PolicyLossOutput
-    entropy_loss: th.Tensor
-    value_loss: th.Tensor
-
-
-class EpisodeBuffer:
-    """The complete episodes of one collection (``SPPO.rollout_buffer``)."""
-
-    def __init__(self) -> None:
-        self.episodes: list[Episode] = []
-
-    def reset(self) -> None:
-        self.episodes = []
-
-    def add(self, episode: Episode) -> None:
-        self.episodes.append(episode)
-
-    @property
-    def n_steps(self) -> int:
-        """Steps in all episodes."""
-        return sum(len(e) for e in self.episodes)
-
-    def batch(self, device: th.device | str = "cpu") -> EpisodeBatch:
-        """The episodes as one padded ``EpisodeBatch`` (padding repeats each row's last step's
-        observation and action, so that the policy can be evaluated on it; the mask hides it)."""
-        if not self.episodes:
-            raise UserError("the episode buffer is empty; collect episodes before training")
-        horizon = max(len(e) for e in self.episodes)
-
-        def pad(x: np.ndarray) -> np.ndarray:
-            extra = horizon - len(x)
-            return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
-
-        lengths = th.tensor([len(e) for e in self.episodes])
-        mask = (th.arange(horizon)[None, :] < lengths[:, None]).float()
-        outcomes = th.tensor([e.outcome for e in self.episodes], dtype=th.float32)
-        rewards = th.zeros_like(mask)
-        rewards[th.arange(len(lengths)), lengths - 1] = outcomes
-        old = th.as_tensor(np.stack([pad(e.log_probs.astype(np.float32)) for e in self.episodes]))
-        obs = th.as_tensor(np.stack([pad(e.observations) for e in self.episodes]))
-        actions = th.as_tensor(np.stack([pad(e.actions) for e in self.episodes]))
-        first = th.as_tensor(np.stack([e.observations[0] for e in self.episodes]))
-        tensors = (obs, actions, old * mask, mask, rewards, outcomes, first)
-        return EpisodeBatch(*(t.to(device) for t in tensors))
-
-
-def episode_outcome(
-    info: dict[str, Any], summed_reward: float, return_transform: ReturnTransform | None
-) -> float:
-    """R of an episode from its last step's ``info`` (see the module doc)."""
-    if "success" in info:
-        return float(bool(info["success"]))
-    episode_return = float(info["episode"]["r"]) if "episode" in info else float(summed_reward)
-    if return_transform is not None:
-        outcome = float(return_transform(episode_return))
-        if not 0.0 <= outcome <= 1.0:
-            raise UserError(
-                f"return_transform mapped the episode return {episode_return:g} to {outcome:g}; "
-                "SPPO's outcome must lie in [0, 1]"
-            )
-        return outcome
-    if episode_return not in (0.0, 1.0):
-        raise UserError(
-            f"SPPO needs a binary outcome, but an episode returned {episode_return:g} and its "
-            'last info has no "success"; pass return_transform= to map returns into [0, 1]'
-        )
-    return episode_return
 
 
 class SPPO(OnPolicyAlgorithm):
@@ -228,6 +123,12 @@ class SPPO(OnPolicyAlgorithm):
         monitor_wrapper: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
+        if policy == "MultiInputPolicy":
+            raise UserError("SPPO supports array observations; Dict observation spaces are not")
+        if tensorboard_log is not None and not has_tensorboard():
+            raise UserError(
+                "tensorboard_log= needs tensorboard: pip install tensorboard, or leave it out"
+            )
         super().__init__(
             policy,
             env,
@@ -284,8 +185,26 @@ class SPPO(OnPolicyAlgorithm):
         self.clip_range = FloatSchedule(self.clip_range)
         self._partial = []
 
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """SB3's seeding, plus the generator of the mini-batch shuffles (seeded by ``seed``; a
+        random seed when None), so that ``seed=`` fixes the update as well as the rollouts."""
+        super().set_random_seed(seed)
+        self._shuffle = th.Generator()
+        if seed is None:
+            self._shuffle.seed()
+        else:
+            self._shuffle.manual_seed(seed)
+
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_partial"]
+        return [*super()._excluded_save_params(), "_partial", "_shuffle"]
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """SB3's callbacks, with a progress bar that stops at its total."""
+        callback = super()._init_callback(callback, progress_bar=False)
+        if progress_bar:
+            callback = CallbackList([callback, BoundedProgressBar()])
+            callback.init_callback(self)
+        return callback
 
     def _setup_learn(
         self,
@@ -324,15 +243,20 @@ class SPPO(OnPolicyAlgorithm):
         with them (``n_rollout_steps`` is ignored). Returns False if a callback stopped it.
 
         A ``VecEnv`` resets an env on ``done``; the next observation it returns is then the new
-        episode's first, and the step's own ``info`` holds the ended episode's ``info``."""
+        episode's first, and the step's own ``info`` holds the ended episode's ``info``. The
+        collection also stops when ``learn``'s ``total_timesteps`` are spent (it may then hold
+        fewer episodes, or none if no episode ended)."""
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, EpisodeBuffer)
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
         if len(self._partial) != env.num_envs:
-            self._partial = [_new_steps() for _ in range(env.num_envs)]
+            self._partial = [new_steps() for _ in range(env.num_envs)]
         callback.on_rollout_start()
-        while len(rollout_buffer.episodes) < self.n_episodes:
+        while (
+            len(rollout_buffer.episodes) < self.n_episodes
+            and self.num_timesteps < self._total_timesteps
+        ):  # the budget counts the steps of unfinished episodes too
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 actions, _, log_probs = self.policy(obs_tensor)
@@ -360,7 +284,7 @@ class SPPO(OnPolicyAlgorithm):
                 steps["rewards"].append(float(rewards[i]))
                 if dones[i]:
                     rollout_buffer.add(self._finish_episode(steps, infos[i]))
-                    self._partial[i] = _new_steps()
+                    self._partial[i] = new_steps()
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
         callback.update_locals(locals())
@@ -387,37 +311,28 @@ class SPPO(OnPolicyAlgorithm):
         targets: th.Tensor,
         clip_range: float,
     ) -> SPPOLosses:
-        """The losses of the mini-batch ``rows`` ``[b]`` of ``batch``: the core's clipped
-        surrogate and entropy under ``self.aggregation`` over ``[b, T]``, and the core's BCE of
-        v(s_0) ``[b]`` against R ``[b]``."""
-        mask = batch.mask[rows]
-        real = mask.bool()
-        actions = batch.actions[rows][real]
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        dist = self.policy.get_distribution(batch.observations[rows][real])
-        log_prob_flat = dist.log_prob(actions)
-        entropy_flat = dist.entropy()
-        if entropy_flat is None:  # no closed form: -log pi as the estimate, as SB3's PPO does
-            entropy_flat = -log_prob_flat
-        log_probs = th.zeros_like(mask).index_put((real,), log_prob_flat)
-        entropy = th.zeros_like(mask).index_put((real,), entropy_flat)
-        policy = clipped_policy_loss(
-            log_probs,
-            batch.old_log_probs[rows],
-            advantages[rows],
-            mask,
-            clip_eps=clip_range,
-            dual_clip=self.dual_clip,
-            aggregation=self.aggregation,
+        """``sppo_bench.sb3.losses.minibatch_losses`` of the mini-batch ``rows`` ``[b]``."""
+        return minibatch_losses(
+            self.policy,
+            batch,
+            rows,
+            advantages,
+            targets,
+            clip_range,
+            self.dual_clip,
+            self.aggregation,
         )
-        entropy_loss = -aggregate(entropy, mask, self.aggregation)
-        value_logits = self.policy.predict_values(batch.first_observations[rows]).flatten()
-        return SPPOLosses(policy, entropy_loss, bce_value_loss(value_logits, targets[rows]))
 
     def train(self) -> None:
         """One SPPO update on the collected episodes: ``n_epochs`` passes over shuffled
         mini-batches of ``batch_size`` episodes, one optimiser step each (see the module doc)."""
+        if not self.rollout_buffer.episodes:
+            warnings.warn(
+                f"SPPO: no episode ended within {self.num_timesteps} steps; no update was made "
+                "(an update needs complete episodes: give the env a time limit)",
+                stacklevel=2,
+            )
+            return
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = float(self.clip_range(self._current_progress_remaining))  # type: ignore[operator]
@@ -426,7 +341,7 @@ class SPPO(OnPolicyAlgorithm):
         n_rows = batch.mask.shape[0]
         logs: dict[str, list[float]] = {}
         for _ in range(self.n_epochs):
-            for rows in th.randperm(n_rows).split(self.batch_size):
+            for rows in th.randperm(n_rows, generator=self._shuffle).split(self.batch_size):
                 out = self.sppo_losses(batch, rows, advantages, targets, clip_range)
                 loss = (
                     out.policy.loss
@@ -478,7 +393,3 @@ class SPPO(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
-
-
-def _new_steps() -> dict[str, list]:
-    return {"observations": [], "actions": [], "log_probs": [], "rewards": []}

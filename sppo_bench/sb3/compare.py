@@ -15,6 +15,7 @@ that SB3's collection does not make; asking for them is a one-line ``UserError``
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -85,6 +86,18 @@ def clone_state_dict(
     state = {k: v.clone() for k, v in policy.state_dict().items()}
     mean = source["obs_mean"].float()
     std = source["obs_std"].float()
+    obs_size = math.prod(policy.observation_space.shape)  # type: ignore[arg-type]
+    if mean.numel() != obs_size:
+        raise UserError(
+            f"the clone reads {mean.numel()} observation values but the SB3 policy's env gives "
+            f"{obs_size}: a clone of another task?"
+        )
+    n_actions = state["action_net.bias"].numel()
+    if source[f"net.{layers[-1]}.bias"].numel() != n_actions:
+        raise UserError(
+            f"the clone has {source[f'net.{layers[-1]}.bias'].numel()} action outputs but the "
+            f"SB3 policy {n_actions}: a clone of another task?"
+        )
     for n, (layer, target) in enumerate(zip(layers, targets, strict=True)):
         weight = source[f"net.{layer}.weight"].float()
         bias = source[f"net.{layer}.bias"].float()
