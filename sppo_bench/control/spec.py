@@ -28,7 +28,7 @@ from sppo_bench.core.bounds import (
     optional,
 )
 from sppo_bench.core.ppo import PPOConfig, ppo_bounds
-from sppo_bench.core.registry import get_estimator
+from sppo_bench.core.registry import ESTIMATORS, get_estimator
 from sppo_bench.errors import UserError
 
 # ``sppo_bench/specs`` is a link to the top-level ``envs/``: installed as package data, so a
@@ -284,6 +284,6 @@ def load_spec(task: str | TaskInfo, overrides: Sequence[str] = ()) -> TaskSpec:
     for name, params in spec.rl.estimator_params.items():  # each value in its registry bounds
         if not isinstance(params, dict):
             raise UserError(f"{PARAMS_KEY}{name} must be a mapping of parameters, got {params!r}")
-        get_estimator(name).configured_params({name: params})
+        ESTIMATORS[name].configured_params({name: params})  # names canonical: not resolved
     spec.__dict__["_info"] = info
     return spec

@@ -225,6 +225,20 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LLMConfig:
     return cfg
 
 
+ADDED_KEYS = {("rollout", "cpu_kv_cache_gib"): 1}  # keys added since runs were first stored
+
+
+def upgrade_stored_recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored LLM run config with the keys added since as today's defaults (``ADDED_KEYS``):
+    a run stored before a key existed ran as that default does."""
+    config = dict(config)
+    for (section, key), default in ADDED_KEYS.items():
+        if isinstance(config.get(section), dict):
+            config[section] = {**config[section]}
+            config[section].setdefault(key, default)
+    return config
+
+
 def resolve_algorithm_defaults(cfg: LLMConfig) -> LLMConfig:
     """Fill the ``None`` per-algorithm fields (table above) and check the batch arithmetic."""
     check_bounds(cfg, RECIPE_BOUNDS)

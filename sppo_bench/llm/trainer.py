@@ -32,7 +32,12 @@ from sppo_bench.errors import UserError
 from sppo_bench.llm.data import load_prompts
 from sppo_bench.llm.engines import make_engine, pick_device
 from sppo_bench.llm.models import DTYPES, build_critic, load_policy, load_tokenizer
-from sppo_bench.llm.recipe import LLMConfig, is_resolved, resolve_algorithm_defaults
+from sppo_bench.llm.recipe import (
+    LLMConfig,
+    is_resolved,
+    resolve_algorithm_defaults,
+    upgrade_stored_recipe,
+)
 from sppo_bench.llm.update import (
     critic_predictions,
     critic_update,
@@ -389,5 +394,7 @@ def open_session(
 ) -> RunSession:
     """The session of ``cfg``'s run in ``run_dir``, its stored settings checked (one line if they
     differ); enter it (``with``) to hold the lock."""
-    RunDir(run_dir).check_config(to_dict(cfg), ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY)
+    RunDir(run_dir).check_config(
+        to_dict(cfg), upgrade_stored_recipe, ignore=BUDGET_KEYS, remedy=RUN_DIR_REMEDY
+    )
     return RunSession(run_dir, run_identity(cfg), "step", 1, tensorboard)
