@@ -130,9 +130,9 @@ def write(args, table: pd.DataFrame, loads: list[str]) -> None:
         "second of two steps; setup = building the trainer with its engine). `quick`: the whole "
         "`bench/llm_toy.py --quick` (4 arms x 3 seeds, 768 responses each; wall includes its "
         "evaluations, which sample with HF `generate` on either engine; phases summed over all "
-        "training steps).",
+        f"training steps). Recipe overrides: {', '.join(args.overrides) or 'none'}.",
         "",
-        "| what | engine | " + " | ".join(c for c in table.columns if c not in ("what", "engine")),
+        "| " + " | ".join(table.columns) + " |",
         "|---" * len(table.columns) + "|",
     ]
     for _, row in table.iterrows():
