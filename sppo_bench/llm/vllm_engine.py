@@ -30,7 +30,8 @@ them. Without sleep mode (the CPU backend refuses it) the engine stays awake, an
 ``sync_weights`` reloads at once. On the CPU backend ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is set from
 ``rollout.cpu_kv_cache_gib`` before vLLM starts (unset, vLLM sizes the cache to the machine's RAM
 and warms it up for a minute), and a model whose head_dim the CPU attention kernel cannot run is
-refused in one line.
+refused in one line; chunked prefill is off there (vLLM 0.32's CPU runner crashes on a seeded
+request whose prefill is split).
 
 Sampling seeds: each ``generate`` call draws its vLLM seed from torch's global generator, which
 the trainer checkpoints, so a resumed run asks vLLM for the same seeds as an uninterrupted one.
@@ -140,6 +141,10 @@ class VLLMEngine:
         if hasattr(vllm.envs, "disable_envs_cache"):  # a second engine reads the env afresh
             vllm.envs.disable_envs_cache()
         sleeps = current_platform.is_sleep_mode_available()
+        # vLLM 0.32's CPU runner crashes on a seeded request whose prefill was split over steps
+        # ("CPU Generator does not use offset": it rewinds the generator's offset, which CPU
+        # generators lack), so on the CPU every prompt is prefilled in one step.
+        cpu_settings = {"enable_chunked_prefill": False} if on_cpu else {}
         folder = None
         if is_tiny(name) or is_random(name):  # built in process: vLLM loads it from a folder
             folder = tempfile.mkdtemp(prefix="sppo-tiny-")
@@ -156,6 +161,7 @@ class VLLMEngine:
                 enable_sleep_mode=sleeps,
                 enforce_eager=enforce_eager,
                 logprobs_mode="processed_logprobs",
+                **cpu_settings,
             )
         finally:
             if folder is not None:

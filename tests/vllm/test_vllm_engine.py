@@ -111,3 +111,13 @@ def test_truncated_responses_are_flagged(engine, tok):
     # the eos is the last real token of every finished row
     last = batch.response_ids[~batch.truncated].gather(1, (lengths[~batch.truncated] - 1)[:, None])
     assert (last == eos).all()
+
+
+def test_a_batch_over_one_steps_token_budget_samples_with_seeds(engine):
+    """50 prompts x 100 tokens exceed vLLM's 4,096-token step: with chunked prefill (off here on
+    the CPU) a seeded request split over steps crashed vLLM 0.32's CPU runner."""
+    config = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert not config.enable_chunked_prefill
+    prompts = [[5 + i] * 100 for i in range(50)]
+    batch = engine.generate(prompts, 2, 1.0, 1.0, 4)
+    assert len(batch) == 100 and int(batch.response_mask.sum()) > 0
