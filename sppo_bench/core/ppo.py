@@ -137,11 +137,6 @@ def minibatch_schedule(
     return steps
 
 
-def _micro_batches(mini: Tensor, size: int | None) -> Sequence[Tensor]:
-    """``[S, m]`` mini-batch rows -> ``[S, b]`` micro-batches (split along the row axis)."""
-    return [mini] if size is None else mini.split(size, dim=1)
-
-
 def _counts(mask: Tensor, mini: Tensor) -> Tensor:
     """``[S, 2]``: per seed s, (tokens, non-empty sequences) of ``mask[s, mini[s]]``; ``mask``
     ``[S, B, T]``, ``mini`` ``[S, m]``."""
@@ -161,11 +156,10 @@ class Micro:
     row_share: float
 
 
-# A phase's work on one micro-batch: accumulate every seed's loss gradient into the parameters'
-# ``.grad`` and return the seeds' metric sums (policy: ``[4, S]`` loss, entropy term,
-# approx_kl x tokens, clipfrac x tokens; critic: ``[S]`` loss). ``autograd_policy_step`` /
-# ``autograd_critic_step`` build it from a forward pass; a track may supply its own (the control
-# track's hand-written passes, ``sppo_bench.control.fastmlp``).
+# A phase's work on one micro-batch: add every seed's loss gradient to the parameters' ``.grad``,
+# return the seeds' metric sums (policy ``[4, S]``: loss, entropy term, approx_kl x tokens,
+# clipfrac x tokens; critic ``[S]``: loss). ``autograd_*_step`` build it from a forward pass; the
+# control track has its own (hand-written passes, ``sppo_bench.control.fastmlp``).
 MicroStep = Callable[[Micro], Tensor]
 
 
@@ -334,17 +328,15 @@ def autograd_critic_step(
 
 
 def _phase(
-    step: MicroStep,
-    schedule: Sequence[Tensor],
-    mask: Tensor,
-    cfg: PPOSettings,
+    step: MicroStep, schedule: Sequence[Tensor], mask: Tensor, cfg: PPOSettings
 ) -> Iterator[tuple[Tensor, np.ndarray]]:
     """For each mini-batch of the ``schedule``: its counts ``[S, 2]`` and the sums of ``step``'s
     metrics over its micro-batches (one host sync per micro-batch). The caller steps after each."""
     for mini in schedule:
         counts = _counts(mask, mini)
         sums: np.ndarray | float = 0.0
-        for rows in _micro_batches(mini, cfg.micro_batch_rows):
+        size = cfg.micro_batch_rows
+        for rows in [mini] if size is None else mini.split(size, dim=1):  # [S, b] each
             micro = Micro(rows, counts, rows.shape[1] / mini.shape[1])
             sums = sums + step(micro).double().cpu().numpy()
         yield counts, np.asarray(sums)
