@@ -5,8 +5,9 @@
 Measures, in one process with one torch thread (as the trainer runs):
 
 1. large-matmul rates: a 2048 x 2048 fp32 and bf16 ``torch.mm``, GFLOP/s (2 n^3 per product);
-2. a seed-stacked 10-seed 2x64 tanh MLP, forward + backward at 8k rows per seed: autograd
-   (``StackedMLP`` + ``backward``) against the hand-written passes (``control.fastmlp``);
+2. a seed-stacked 10-seed 2x64 tanh MLP, forward + backward at 8k rows per seed and at the
+   update's chunk (``fastmlp.ROWS_PER_CHUNK`` / 10 rows per seed): autograd (``StackedMLP`` +
+   ``backward``) against the hand-written passes (``control.fastmlp``);
 3. per task (CartPole, MountainCar, Pendulum) and algorithm (SPPO, PPO-GAE), K = 10 seeds: env
    steps/s of whole updates by the autograd passes (the update as it was) and by the hand-written
    ones, interleaved, and the update's achieved GFLOP/s.
@@ -146,8 +147,12 @@ def main() -> int:
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     result["matmul_gflops"] = {"float32": fp32, "bfloat16": bf16}
     result["mlp_gflops"] = {path: mlp_gflops(path) for path in PATHS}
+    chunk = fastmlp.ROWS_PER_CHUNK // SEEDS
+    result["mlp_gflops_chunk"] = {path: mlp_gflops(path, rows=chunk) for path in PATHS}
+    result["chunk_rows_per_seed"] = chunk
     print(f"matmul 2048^2: fp32 {fp32:.1f}, bf16 {bf16:.1f} GFLOP/s", flush=True)
     print(f"10-seed 2x64 MLP fwd+bwd, 8k rows/seed: {result['mlp_gflops']}", flush=True)
+    print(f"the same at {chunk} rows/seed: {result['mlp_gflops_chunk']}", flush=True)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for task in TASKS:
         for algo in ALGOS:
@@ -166,7 +171,7 @@ def report(result: dict) -> str:
     fp32 = result["matmul_gflops"]["float32"]
     bf16 = result["matmul_gflops"]["bfloat16"]
     load = result["load_start"][0], result["load_end"][0]
-    mlp_rates = result["mlp_gflops"]
+    mlp_rates, chunk = result["mlp_gflops"], result["mlp_gflops_chunk"]
     lines = [
         f"Arithmetic floor (one torch thread; load {load[0]:.2f} at the start, {load[1]:.2f} at "
         f"the end): 2048^2 matmul fp32 **{fp32:.1f}** GFLOP/s, bf16 **{bf16:.1f}** GFLOP/s.",
@@ -174,7 +179,9 @@ def report(result: dict) -> str:
         f"10-seed 2x64 tanh MLP, forward + backward, 8k rows per seed: autograd "
         f"{mlp_rates['autograd']:.1f} GFLOP/s ({100 * mlp_rates['autograd'] / fp32:.0f}% of fp32 "
         f"matmul), hand-written {mlp_rates['fused']:.1f} GFLOP/s "
-        f"({100 * mlp_rates['fused'] / fp32:.0f}%).",
+        f"({100 * mlp_rates['fused'] / fp32:.0f}%); at the update's chunk of "
+        f"{result['chunk_rows_per_seed']} rows per seed: autograd {chunk['autograd']:.1f}, "
+        f"hand-written {chunk['fused']:.1f} GFLOP/s ({100 * chunk['fused'] / fp32:.0f}%).",
         "",
         "K = 10 trainer updates, autograd passes -> hand-written passes (same run, interleaved). "
         "Update GFLOP/s: FLOPs over the time in `ppo_update`; efficiency: that over the fp32 "

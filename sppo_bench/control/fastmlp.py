@@ -53,18 +53,27 @@ def _tanh(net: StackedMLP) -> bool:
     return isinstance(net.activation, nn.Tanh)
 
 
-def mlp_forward(net: StackedMLP, x: Tensor, bf16: bool = False) -> tuple[Tensor, list[Tensor]]:
-    """``x [S, n, d]`` -> the output ``[S, n, o]`` and every layer's input a_i (for the
-    backward). tanh(z) is computed as 2 sigmoid(2 z) - 1 (the factor 2 folded into the matmul,
-    exactly): the same function to ~2e-7 and 3-4x faster than ``torch.tanh`` on this CPU."""
-    inputs, h = [], x
+Layers = list[tuple[Tensor, Tensor]]  # per layer: its input a_i and the copy the matmuls read
+
+
+def _low(x: Tensor, bf16: bool) -> Tensor:
+    return x.to(BF16) if bf16 else x
+
+
+def mlp_forward(net: StackedMLP, x: Tensor, bf16: bool = False) -> tuple[Tensor, Layers]:
+    """``x [S, n, d]`` -> the output ``[S, n, o]`` and every layer's input a_i with its bf16 copy
+    (the same tensor in fp32), for the backward. tanh(z) is computed as 2 sigmoid(2 z) - 1 (the
+    factor 2 folded into the matmul, exactly): the same function to ~2e-7 and 3-4x faster than
+    ``torch.tanh`` on this CPU."""
+    inputs: Layers = []
+    h = x
     for i in range(net.n_layers):
         w, b = _layer(net, i)
-        inputs.append(h)
+        inputs.append((h, _low(h, bf16)))
         last = i == net.n_layers - 1
         scale = 1.0 if last or not _tanh(net) else 2.0
         if bf16:
-            h = torch.bmm(h.to(BF16), w.to(BF16).transpose(1, 2)).float().add_(b.unsqueeze(1))
+            h = torch.bmm(inputs[-1][1], w.to(BF16).transpose(1, 2)).float().add_(b.unsqueeze(1))
             h = h.mul_(scale) if scale != 1.0 else h
         else:
             h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2), beta=scale, alpha=scale)
@@ -80,29 +89,26 @@ def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
         p.grad.add_(grad)
 
 
-def _bmm(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
-    return torch.bmm(a.to(BF16), b.to(BF16)).float() if bf16 else torch.bmm(a, b)
-
-
-def _weight_grad(g: Tensor, a: Tensor, bf16: bool) -> Tensor:
-    """g^T a ``[S, o, i]``, with the smaller of o, i as the product's row count (a narrow first
-    layer's g^T a runs ~6x faster as (a^T g)^T)."""
+def _weight_grad(g: Tensor, a: Tensor) -> Tensor:
+    """g^T a ``[S, o, i]`` in fp32, with the smaller of o, i as the product's row count (a narrow
+    first layer's g^T a runs ~6x faster as (a^T g)^T)."""
     if a.shape[-1] < g.shape[-1]:
-        return _bmm(a.transpose(1, 2), g, bf16).transpose(1, 2).contiguous()
-    return _bmm(g.transpose(1, 2), a, bf16)
+        return torch.bmm(a.transpose(1, 2), g).float().transpose(1, 2).contiguous()
+    return torch.bmm(g.transpose(1, 2), a).float()
 
 
-def mlp_backward(net: StackedMLP, inputs: list[Tensor], g: Tensor, bf16: bool = False) -> None:
+def mlp_backward(net: StackedMLP, inputs: Layers, g: Tensor, bf16: bool = False) -> None:
     """Add dL/dW_i, dL/db_i to the parameters' ``.grad`` from ``g = dL/dz [S, n, o]`` of the last
     layer and the layers' ``inputs`` of ``mlp_forward`` (which are overwritten)."""
     for i in reversed(range(net.n_layers)):
         w, b = _layer(net, i)
-        a = inputs[i]
-        _accumulate(w, _weight_grad(g, a, bf16))
+        a, a_low = inputs[i]
+        g_low = _low(g, bf16)
+        _accumulate(w, _weight_grad(g_low, a_low))
         _accumulate(b, g.sum(dim=1))
         if i == 0:
             return
-        g_a = _bmm(g, w, bf16)
+        g_a = torch.bmm(g_low, _low(w, bf16)).float()
         if _tanh(net):
             g = g_a.sub_(a.square_().mul_(g_a))  # (1 - a^2) g_a, in place
         else:
@@ -221,7 +227,7 @@ class _PolicyPass(NamedTuple):
     entropy: Tensor  # [S, ...]
     head: Tensor  # _head's cache, rows flattened
     actions: Tensor  # rows flattened: [S, n] or [S, n, a]
-    inputs: list[Tensor]  # mlp_forward's layer inputs
+    inputs: Layers  # mlp_forward's layer inputs
 
 
 @torch.no_grad()
@@ -340,7 +346,7 @@ def critic_loss_grad(
 @torch.no_grad()
 def critic_output(
     critic: StackedValueNet, states: Tensor, bf16: bool = False
-) -> tuple[Tensor, list[Tensor]]:
+) -> tuple[Tensor, Layers]:
     """``StackedValueNet`` on ``states [S, ..., d]``: its output ``[S, ...]`` (the same numbers in
     fp32) and the layer inputs for the backward."""
     seeds, lead = states.shape[0], states.shape[1:-1]

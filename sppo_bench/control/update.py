@@ -218,7 +218,7 @@ class _Passes:
         with self.autocast():
             return critic_values(self.critic_net, self.strategy, obs).float()
 
-    def policy_step(
+    def steps(
         self,
         data: BatchTensors,
         old_log_probs: Tensor,
@@ -226,13 +226,29 @@ class _Passes:
         old_critic: Tensor | None,
         targets: Tensor | None,
         cfg: PPOSettings,
-    ) -> MicroStep:
-        """The policy phase's micro-batch step (``core.ppo.MicroStep``)."""
+    ) -> tuple[MicroStep, MicroStep]:
+        """The policy and the critic phase's micro-batch steps (``core.ppo.MicroStep``)."""
+        strategy = self.strategy
         if not self.fused:
-            forward = lambda rows: self.policy(_rows(data.obs, rows), _rows(data.actions, rows))  # noqa: E731
-            return autograd_policy_step(forward, old_log_probs, advantages, data.mask, cfg)
+            return (
+                autograd_policy_step(
+                    lambda rows: self.policy(_rows(data.obs, rows), _rows(data.actions, rows)),
+                    old_log_probs,
+                    advantages,
+                    data.mask,
+                    cfg,
+                ),
+                autograd_critic_step(
+                    lambda rows: self.critic(_rows(data.obs, rows)),
+                    strategy,
+                    targets,
+                    old_critic,
+                    data.mask,
+                    cfg,
+                ),
+            )
 
-        def step(micro: Micro) -> Tensor:
+        def policy_step(micro: Micro) -> Tensor:
             rows = micro.rows
             return fastmlp.policy_step(
                 self.policy_net,
@@ -243,39 +259,21 @@ class _Passes:
                 self.bf16,
             )
 
-        return step
-
-    def critic_step(
-        self,
-        data: BatchTensors,
-        old_log_probs: Tensor,
-        advantages: Tensor,
-        old_critic: Tensor | None,
-        targets: Tensor | None,
-        cfg: PPOSettings,
-    ) -> MicroStep:
-        """The critic phase's micro-batch step (``core.ppo.MicroStep``)."""
-        strategy = self.strategy
-        if not self.fused:
-            forward = lambda rows: self.critic(_rows(data.obs, rows))  # noqa: E731
-            return autograd_critic_step(forward, strategy, targets, old_critic, data.mask, cfg)
-
-        def step(micro: Micro) -> Tensor:
+        def critic_step(micro: Micro) -> Tensor:
             rows = micro.rows
             return fastmlp.critic_step(
                 self.critic_net,
                 strategy,
                 critic_states(strategy, _rows(data.obs, rows)),
                 None if old_critic is None else _rows(old_critic, rows),
-                _rows(targets, rows),
-                _rows(data.mask, rows),
+                *(_rows(x, rows) for x in (targets, data.mask)),
                 micro.counts,
                 cfg,
                 micro.row_share,
                 self.bf16,
             )
 
-        return step
+        return policy_step, critic_step
 
 
 def ppo_update(
@@ -309,12 +307,14 @@ def ppo_update(
     settings = cfg.settings(micro_batch_rows=micro)
     per_seed = [minibatch_schedule(n_rows, cfg.epochs, cfg.mini_batch_size, g) for g in generators]
     schedule = [torch.stack(steps) for steps in zip(*per_seed, strict=True)]  # [S, m] each
-    inputs = (data, old_log_probs, advantages, old_critic, targets, settings)
+    policy_step, critic_step = passes.steps(
+        data, old_log_probs, advantages, old_critic, targets, settings
+    )
     result: dict[str, list[float | None]] = {k: [None] * data.seeds for k in RESULT_KEYS}
     if strategy is not None and learner.critic_opt is not None:
         result.update(
             stacked_critic_phase(
-                passes.critic_step(*inputs),
+                critic_step,
                 critic.trainable(),
                 learner.critic_opt,
                 schedule,
@@ -325,7 +325,7 @@ def ppo_update(
         )
     result.update(
         stacked_policy_phase(
-            passes.policy_step(*inputs),
+            policy_step,
             policy.trainable(),
             learner.policy_opt,
             schedule,
