@@ -1,6 +1,6 @@
 """The control update against this machine's arithmetic floor.
 
-    python bench/arith_floor.py            # ~3 min; writes results/bench/arith_floor.{md,json}
+    python bench/arith_floor.py            # ~8 min under load; writes results/bench/arith_floor.{md,json}
 
 Measures, in one process with one torch thread (as the trainer runs):
 
@@ -10,7 +10,7 @@ Measures, in one process with one torch thread (as the trainer runs):
    ``backward``) against the hand-written passes (``control.fastmlp``);
 3. per task (CartPole, MountainCar, Pendulum) and algorithm (SPPO, PPO-GAE), K = 10 seeds: env
    steps/s of whole updates by the autograd passes (the update as it was) and by the hand-written
-   ones, interleaved, and the update's achieved GFLOP/s.
+   ones, in ``ROUNDS`` interleaved rounds (medians), and the update's achieved GFLOP/s.
 
 FLOPs are counted from the networks' layer sizes, per env step (row) of an update: one policy
 forward at collection and one for the old log-probs (2 P each, P = sum of in x out over the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ TASKS = ("cartpole", "mountaincar", "pendulum")
 ALGOS = ("sppo", "ppo-gae")
 SEEDS = 10
 PATHS = ("autograd", "fused")
+ROUNDS = 3  # interleaved rounds per task and algorithm (medians: the machine is shared)
 
 
 def best_seconds(fn: Callable[[], object], min_seconds: float = 1.0) -> float:
@@ -141,6 +143,19 @@ def trainer_row(task: str, algo: str, path: str, updates: int = 2) -> dict[str, 
     }
 
 
+def median_row(task: str, algo: str, rounds: int) -> dict[str, dict[str, float]]:
+    """Both paths ``rounds`` times, interleaved (autograd, fused, autograd, ...); per path the
+    median of each figure, and ``speedup``: the median of the rounds' fused / autograd ratios."""
+    runs = [{path: trainer_row(task, algo, path) for path in PATHS} for _ in range(rounds)]
+    out = {
+        path: {k: statistics.median(r[path][k] for r in runs) for k in runs[0][path]}
+        for path in PATHS
+    }
+    ratios = [r["fused"]["steps_per_s"] / r["autograd"]["steps_per_s"] for r in runs]
+    out["fused"]["speedup"] = statistics.median(ratios)
+    return out
+
+
 def main() -> int:
     load0 = os.getloadavg()
     result: dict[str, object] = {"load_start": load0, "threads": torch.get_num_threads()}
@@ -157,7 +172,7 @@ def main() -> int:
     for task in TASKS:
         for algo in ALGOS:
             key = f"{task}/{algo}"
-            rows[key] = {path: trainer_row(task, algo, path) for path in PATHS}
+            rows[key] = median_row(task, algo, ROUNDS)
             print(key, json.dumps(rows[key]), flush=True)
     result["trainer_k10"] = rows
     result["load_end"] = os.getloadavg()
@@ -183,7 +198,8 @@ def report(result: dict) -> str:
         f"{result['chunk_rows_per_seed']} rows per seed: autograd {chunk['autograd']:.1f}, "
         f"hand-written {chunk['fused']:.1f} GFLOP/s ({100 * chunk['fused'] / fp32:.0f}%).",
         "",
-        "K = 10 trainer updates, autograd passes -> hand-written passes (same run, interleaved). "
+        f"K = 10 trainer updates, autograd passes -> hand-written passes (same run, {ROUNDS} "
+        "interleaved rounds, medians; speed-up: the median of the rounds' ratios). "
         "Update GFLOP/s: FLOPs over the time in `ppo_update`; efficiency: that over the fp32 "
         "matmul rate; whole step: FLOPs over the whole update's time (collection included).",
         "",
@@ -197,7 +213,7 @@ def report(result: dict) -> str:
         lines.append(
             f"| {task} | {algo} | {new['flops_per_step'] / 1e3:.0f} | "
             f"{old['steps_per_s']:,.0f} -> {new['steps_per_s']:,.0f} | "
-            f"{new['steps_per_s'] / old['steps_per_s']:.2f}x | "
+            f"{new['speedup']:.2f}x | "
             f"{100 * old['update_share']:.0f}% -> {100 * new['update_share']:.0f}% | "
             f"{old['update_gflops']:.1f} -> {new['update_gflops']:.1f} | "
             f"{100 * old['update_gflops'] / fp32:.0f}% -> {100 * new['update_gflops'] / fp32:.0f}% "
