@@ -1,6 +1,6 @@
 """The control update against this machine's arithmetic floor.
 
-    python bench/arith_floor.py            # ~8 min under load; writes results/bench/arith_floor.{md,json}
+    python bench/arith_floor.py            # ~8 min loaded; -> results/bench/arith_floor.{md,json}
 
 Measures, in one process with one torch thread (as the trainer runs):
 

@@ -27,9 +27,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("sppo_bench", "tests", "envs", "llm", "pyproject.toml")
-CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py")
+CONTROL_TESTS = (
+    "tests/test_control_update.py",
+    "tests/test_control_pipeline.py",
+    "tests/test_fastmlp.py",  # the hand-written passes against the core's losses
+)
 LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py")
-STACK_TESTS = ("tests/test_seed_stack.py",)
+STACK_TESTS = ("tests/test_seed_stack.py", "tests/test_fastmlp.py")
 
 
 @dataclass(frozen=True)

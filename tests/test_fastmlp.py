@@ -243,3 +243,49 @@ def test_update_equals_the_autograd_update(monkeypatch, algo, discrete):
                 assert row[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
     _assert_close(pol, pol_ref, rtol=1e-4)
     _assert_close(cri, cri_ref, rtol=1e-4)
+
+
+def test_stacked_update_equals_each_seeds_own_update():
+    """Three seeds stacked against three single-seed updates, 3 mini-batches per epoch: each seed
+    shuffles with its own generator (a shared shuffle changes the mini-batches, far above
+    rounding) and gets the update it would get alone."""
+    data = _data(True)
+    cfg = RLConfig(epochs=2, mini_batch_size=2, entropy_coef=0.01)
+
+    def run(policy: StackedPolicy, critic: StackedValueNet, batch: BatchTensors, seeds: list[int]):
+        learner = Learner(
+            policy,
+            torch.optim.Adam(policy.trainable(), lr=1e-2),
+            critic,
+            torch.optim.Adam(critic.trainable(), lr=1e-2),
+        )
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return ppo_update(learner, get_estimator("ppo-gae"), cfg, batch, gens)
+
+    policy, critic = _policy(True), _critic()
+    singles = [
+        (StackedPolicy([_single(policy, s)]), StackedValueNet([_single(critic, s)]))
+        for s in range(SEEDS)
+    ]
+    stacked_rows = run(policy, critic, data, list(range(SEEDS)))
+    for s, (single_policy, single_critic) in enumerate(singles):
+        one = BatchTensors(
+            *(x[s : s + 1] for x in (data.obs, data.actions, data.rewards, data.mask))
+        )
+        (row,) = run(single_policy, single_critic, one, [s])
+        for k, v in row.items():
+            assert (v is None) == (stacked_rows[s][k] is None), k
+            if v is not None:
+                assert stacked_rows[s][k] == pytest.approx(v, rel=1e-4, abs=1e-6), (s, k)
+        for name, value in single_policy.seed_state(0).items():
+            assert torch.allclose(policy.seed_state(s)[name], value, atol=1e-6), (s, name)
+
+
+def _single(stacked: StackedPolicy | StackedValueNet, s: int):
+    """Seed s of a stacked network as a plain ``Policy`` / ``ValueNet``."""
+    if isinstance(stacked, StackedPolicy):
+        net = Policy(OBS, stacked.discrete, stacked.action_dim, (16, 16), log_std=-0.3)
+    else:
+        net = ValueNet(OBS, (16, 16))
+    net.load_state_dict(stacked.seed_state(s))
+    return net
