@@ -28,9 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("sppo_bench", "tests", "envs", "llm", "hyperparams", "pyproject.toml")
 SETTINGS_TESTS = ("tests/test_settings_reach_the_update.py",)
-CONTROL_TESTS = ("tests/test_control_update.py", "tests/test_control_pipeline.py", *SETTINGS_TESTS)
+CONTROL_TESTS = (
+    "tests/test_control_update.py",
+    "tests/test_control_pipeline.py",
+    "tests/test_fastmlp.py",  # the hand-written passes against the core's losses
+    *SETTINGS_TESTS,
+)
 LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py", *SETTINGS_TESTS)
-STACK_TESTS = ("tests/test_seed_stack.py",)
+STACK_TESTS = ("tests/test_seed_stack.py", "tests/test_fastmlp.py")
 SESSION_TESTS = ("tests/test_run_session.py", "tests/test_llm_trainer.py")
 
 

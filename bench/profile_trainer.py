@@ -5,7 +5,9 @@
 For each task and seed count: the wall time of one update (after a warm-up update) split into
 collection (``collect_episodes``: policy inference + physics), the update's forward passes for
 the old log-probs / values, the advantages, the critic phase and the policy phase; and the
-time inside the heaviest torch kernels (``tanh``, ``baddbmm``, autograd's backward). Writes
+time inside the heaviest torch kernels (the batched matmuls, tanh - ``torch.tanh`` in
+collection, ``sigmoid_`` in the update's hand-written passes - and autograd's backward, which
+the update no longer calls). Writes
 ``results/bench/trainer_profile.md`` (one table, with the machine's load) and prints it.
 """
 
@@ -30,14 +32,17 @@ import trainer_throughput as ours  # noqa: E402
 
 from sppo_bench.io import atomic_write_text  # noqa: E402
 
-PARTS = {
-    "collection": ("collector.py", "collect_episodes"),
-    "advantages": ("update.py", "_advantages"),
-    "critic phase": ("ppo.py", "stacked_critic_phase"),
-    "policy phase": ("ppo.py", "stacked_policy_phase"),
-    "tanh": ("~", "<built-in method torch.tanh>"),
-    "baddbmm": ("~", "<built-in method torch.baddbmm>"),
-    "backward": ("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>"),
+PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "collection": (("collector.py", "collect_episodes"),),
+    "advantages": (("update.py", "_advantages"),),
+    "critic phase": (("ppo.py", "stacked_critic_phase"),),
+    "policy phase": (("ppo.py", "stacked_policy_phase"),),
+    "matmuls": (("~", "<built-in method torch.bmm>"), ("~", "<built-in method torch.baddbmm>")),
+    "tanh": (
+        ("~", "<built-in method torch.tanh>"),
+        ("~", "<method 'sigmoid_' of 'torch._C.TensorBase' objects>"),
+    ),
+    "autograd backward": (("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>"),),
 }
 
 
@@ -52,8 +57,13 @@ def profile(task: str, algo: str, seeds: int) -> dict[str, float]:
         profiler.disable()
     stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
     out = {"total": max(v[3] for k, v in stats.items() if k[2] == "step")}
-    for part, (file, name) in PARTS.items():
-        out[part] = sum(v[3] for k, v in stats.items() if k[0].endswith(file) and k[2] == name)
+    for part, functions in PARTS.items():
+        out[part] = sum(
+            v[3]
+            for k, v in stats.items()
+            for file, name in functions
+            if k[0].endswith(file) and k[2] == name
+        )
     out["steps"] = sum(state["env_steps"] for state in trainer.states) / 2
     return out
 

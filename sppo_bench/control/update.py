@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sppo_bench.control import fastmlp
 from sppo_bench.control.collector import EpisodeBatch
 from sppo_bench.control.spec import RLConfig
 from sppo_bench.control.stack import StackedPolicy, StackedValueNet
@@ -47,6 +48,11 @@ from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import (
     GRAD_METRICS,
     LOSS_METRICS,
+    Micro,
+    MicroStep,
+    PPOSettings,
+    autograd_critic_step,
+    autograd_policy_step,
     minibatch_schedule,
     stacked_critic_phase,
     stacked_policy_phase,
@@ -107,6 +113,13 @@ class Learner:
     critic_opt: torch.optim.Optimizer | None = None
 
 
+def critic_states(strategy: CriticStrategy, obs: Tensor) -> Tensor:
+    """The states a seed-stacked critic reads from ``obs [S, B, T, d]``: ``[S, B, T, d]`` (step
+    critic) or ``[S, B, d]`` (s_0, sequence critic)."""
+    flat = strategy.states(obs.flatten(0, 1))
+    return flat.reshape(obs.shape[0], -1, *flat.shape[1:])
+
+
 def critic_values(
     critic: torch.nn.Module | None, strategy: CriticStrategy | None, obs: Tensor
 ) -> Tensor | None:
@@ -115,8 +128,7 @@ def critic_values(
     if critic is None or strategy is None:
         return None
     if isinstance(critic, StackedValueNet):
-        flat = strategy.states(obs.flatten(0, 1))
-        return critic(flat.reshape(obs.shape[0], -1, *flat.shape[1:]))
+        return critic(critic_states(strategy, obs))
     return critic(strategy.states(obs))
 
 
@@ -178,6 +190,92 @@ def _advantages(
     return stacked, joined.reshape(seeds, n_rows, *joined.shape[1:])
 
 
+class _Passes:
+    """The update's forward passes (old outputs) and its phases' micro-batch steps: the
+    hand-written passes of :mod:`sppo_bench.control.fastmlp` where the networks' activation has
+    one, else autograd (under bf16 autocast if asked); ``compute_dtype`` is ``COMPUTE_DTYPES``."""
+
+    def __init__(self, learner: Learner, strategy: CriticStrategy | None, dtype: str) -> None:
+        self.autocast = compute_autocast(dtype)
+        self.bf16 = dtype == "bfloat16"
+        self.policy_net, self.critic_net, self.strategy = learner.policy, learner.critic, strategy
+        nets = [learner.policy] + ([learner.critic] if learner.critic is not None else [])
+        self.fused = all(fastmlp.supported(net.net) for net in nets)
+
+    def policy(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """(log_probs, entropy) ``[S, b, T]`` of ``obs [S, b, T, d]`` and their actions."""
+        if self.fused:
+            return fastmlp.log_prob_entropy(self.policy_net, obs, actions, self.bf16)[:2]
+        with self.autocast():
+            log_probs, entropy = self.policy_net.log_prob_entropy(obs, actions)
+        return log_probs.float(), entropy.float()
+
+    def critic(self, obs: Tensor) -> Tensor:
+        """The critic's output ``[S, b(, T)]`` on ``obs [S, b, T, d]``."""
+        if self.fused:
+            states = critic_states(self.strategy, obs)
+            return fastmlp.critic_output(self.critic_net, states, self.bf16)[0]
+        with self.autocast():
+            return critic_values(self.critic_net, self.strategy, obs).float()
+
+    def steps(
+        self,
+        data: BatchTensors,
+        old_log_probs: Tensor,
+        advantages: Tensor,
+        old_critic: Tensor | None,
+        targets: Tensor | None,
+        cfg: PPOSettings,
+    ) -> tuple[MicroStep, MicroStep]:
+        """The policy and the critic phase's micro-batch steps (``core.ppo.MicroStep``)."""
+        strategy = self.strategy
+        if not self.fused:
+            return (
+                autograd_policy_step(
+                    lambda rows: self.policy(_rows(data.obs, rows), _rows(data.actions, rows)),
+                    old_log_probs,
+                    advantages,
+                    data.mask,
+                    cfg,
+                ),
+                autograd_critic_step(
+                    lambda rows: self.critic(_rows(data.obs, rows)),
+                    strategy,
+                    targets,
+                    old_critic,
+                    data.mask,
+                    cfg,
+                ),
+            )
+
+        def policy_step(micro: Micro) -> Tensor:
+            rows = micro.rows
+            return fastmlp.policy_step(
+                self.policy_net,
+                *(_rows(x, rows) for x in (data.obs, data.actions)),
+                *(_rows(x, rows) for x in (old_log_probs, advantages, data.mask)),
+                micro.counts,
+                cfg,
+                self.bf16,
+            )
+
+        def critic_step(micro: Micro) -> Tensor:
+            rows = micro.rows
+            return fastmlp.critic_step(
+                self.critic_net,
+                strategy,
+                critic_states(strategy, _rows(data.obs, rows)),
+                None if old_critic is None else _rows(old_critic, rows),
+                *(_rows(x, rows) for x in (targets, data.mask)),
+                micro.counts,
+                cfg,
+                micro.row_share,
+                self.bf16,
+            )
+
+        return policy_step, critic_step
+
+
 def ppo_update(
     learner: Learner,
     estimator: EstimatorSpec,
@@ -193,25 +291,15 @@ def ppo_update(
     seeds = range(data.seeds)
     n_rows, steps = data.obs.shape[1], data.obs.shape[2]
     micro = max(1, ROWS_PER_PASS // (data.seeds * steps))  # episodes per seed per pass
-    autocast = compute_autocast(cfg.compute_dtype)
-
-    def policy_forward(obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        with autocast():
-            log_probs, entropy = policy.log_prob_entropy(obs, actions)
-        return log_probs.float(), entropy.float()
-
-    def critic_forward(obs: Tensor) -> Tensor:
-        with autocast():
-            return critic_values(critic, strategy, obs).float()
-
+    passes = _Passes(learner, strategy, cfg.compute_dtype)
     with torch.no_grad():
-        passes = torch.arange(n_rows).split(micro)
+        chunks = torch.arange(n_rows).split(micro)
         old_log_probs = torch.cat(
-            [policy_forward(data.obs[:, r], data.actions[:, r])[0] for r in passes], 1
+            [passes.policy(data.obs[:, r], data.actions[:, r])[0] for r in chunks], 1
         )
         old_critic = None
         if strategy is not None:
-            old_critic = torch.cat([critic_forward(data.obs[:, r]) for r in passes], 1)
+            old_critic = torch.cat([passes.critic(data.obs[:, r]) for r in chunks], 1)
 
     params = estimator.configured_params(cfg.estimator_params)
     advantages, targets = _advantages(estimator, params, data, old_critic, strategy)
@@ -219,17 +307,17 @@ def ppo_update(
     settings = cfg.settings(micro_batch_rows=micro)
     per_seed = [minibatch_schedule(n_rows, cfg.epochs, cfg.mini_batch_size, g) for g in generators]
     schedule = [torch.stack(steps) for steps in zip(*per_seed, strict=True)]  # [S, m] each
+    policy_step, critic_step = passes.steps(
+        data, old_log_probs, advantages, old_critic, targets, settings
+    )
     result: dict[str, list[float | None]] = {k: [None] * data.seeds for k in RESULT_KEYS}
     if strategy is not None and learner.critic_opt is not None:
         result.update(
             stacked_critic_phase(
-                lambda rows: critic_forward(_rows(data.obs, rows)),
-                strategy,
+                critic_step,
                 critic.trainable(),
                 learner.critic_opt,
                 schedule,
-                targets,
-                old_critic,
                 data.mask,
                 settings,
                 stacked=data.seeds,
@@ -237,12 +325,10 @@ def ppo_update(
         )
     result.update(
         stacked_policy_phase(
-            lambda rows: policy_forward(_rows(data.obs, rows), _rows(data.actions, rows)),
+            policy_step,
             policy.trainable(),
             learner.policy_opt,
             schedule,
-            old_log_probs,
-            advantages,
             data.mask,
             settings,
             stacked=data.seeds,

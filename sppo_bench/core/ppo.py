@@ -16,7 +16,7 @@ clipfrac are token means within a mini-batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,18 +137,30 @@ def minibatch_schedule(
     return steps
 
 
-def _micro_batches(mini: Tensor, size: int | None) -> Sequence[Tensor]:
-    """``[S, m]`` mini-batch rows -> ``[S, b]`` micro-batches (split along the row axis)."""
-    return [mini] if size is None else mini.split(size, dim=1)
-
-
-def _counts(mask: Tensor, mini: Tensor) -> list[tuple[float, float]]:
-    """Per seed s: (tokens, non-empty sequences) of ``mask[s, mini[s]]``; ``mask`` ``[S, B, T]``,
-    ``mini`` ``[S, m]``. One host sync for all seeds."""
+def _counts(mask: Tensor, mini: Tensor) -> Tensor:
+    """``[S, 2]``: per seed s, (tokens, non-empty sequences) of ``mask[s, mini[s]]``; ``mask``
+    ``[S, B, T]``, ``mini`` ``[S, m]``."""
     rows = mask[torch.arange(mask.shape[0], device=mask.device)[:, None], mini]  # [S, m, T]
     per_row = rows.sum(dim=-1)
-    both = torch.stack([per_row.sum(dim=-1), (per_row > 0).sum(dim=-1).to(per_row.dtype)], dim=1)
-    return [(float(t), float(q)) for t, q in both.tolist()]
+    return torch.stack([per_row.sum(dim=-1), (per_row > 0).sum(dim=-1).to(per_row.dtype)], dim=1)
+
+
+@dataclass(frozen=True)
+class Micro:
+    """One micro-batch of a mini-batch: ``rows`` ``[S, b]`` of each seed, the mini-batch's
+    ``counts`` ``[S, 2]`` (tokens, non-empty sequences; every loss divides by these) and
+    ``row_share`` = b / m, its share of the mini-batch's rows."""
+
+    rows: Tensor
+    counts: Tensor
+    row_share: float
+
+
+# A phase's work on one micro-batch: add every seed's loss gradient to the parameters' ``.grad``,
+# return the seeds' metric sums (policy ``[4, S]``: loss, entropy term, approx_kl x tokens,
+# clipfrac x tokens; critic ``[S]``: loss). ``autograd_*_step`` build it from a forward pass; the
+# control track has its own (hand-written passes, ``sppo_bench.control.fastmlp``).
+MicroStep = Callable[[Micro], Tensor]
 
 
 def clip_grad_norm_per_seed(params: list[nn.Parameter], max_norm: float, seeds: int) -> Tensor:
@@ -209,16 +221,11 @@ def policy_phase(
     """Clipped-surrogate steps (minus ``entropy_coef`` times the aggregated entropy) over the
     ``schedule``; ``old_log_probs``, ``advantages``, ``mask``: ``[B, T]``. One run: the
     seed-stacked phase with one seed."""
-    schedule1, *tensors = _one_seed(schedule, old_log_probs, advantages, mask)
-    stats = stacked_policy_phase(
-        lambda rows: tuple(x.unsqueeze(0) for x in forward(rows[0])),
-        params,
-        optimizer,
-        schedule1,
-        *tensors,
-        cfg,
-        stacked=None,
+    schedule1, old1, adv1, mask1 = _one_seed(schedule, old_log_probs, advantages, mask)
+    step = autograd_policy_step(
+        lambda rows: tuple(x.unsqueeze(0) for x in forward(rows[0])), old1, adv1, mask1, cfg
     )
+    stats = stacked_policy_phase(step, params, optimizer, schedule1, mask1, cfg, stacked=None)
     return {k: v[0] for k, v in stats.items()}
 
 
@@ -236,75 +243,130 @@ def critic_phase(
     """``strategy.loss`` steps over the ``schedule``: targets ``[B]`` (sequence critic) or
     ``[B, T]`` returns with ``old_outputs`` ``[B, T]`` for the value clip (step critic). One run:
     the seed-stacked phase with one seed."""
-    schedule1, *tensors = _one_seed(schedule, targets, old_outputs, mask)
-    stats = stacked_critic_phase(
-        lambda rows: forward(rows[0]).unsqueeze(0),
-        strategy,
-        params,
-        optimizer,
-        schedule1,
-        *tensors,
-        cfg,
-        stacked=None,
+    schedule1, targets1, old1, mask1 = _one_seed(schedule, targets, old_outputs, mask)
+    step = autograd_critic_step(
+        lambda rows: forward(rows[0]).unsqueeze(0), strategy, targets1, old1, mask1, cfg
     )
+    stats = stacked_critic_phase(step, params, optimizer, schedule1, mask1, cfg, stacked=None)
     return {k: v[0] for k, v in stats.items()}
 
 
-def stacked_policy_phase(
+def autograd_policy_step(
     forward: StackedPolicyForward,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: PPOSettings,
+) -> MicroStep:
+    """The policy phase's ``MicroStep`` by autograd: ``forward(rows [S, b]) -> (log_probs,
+    entropy)`` ``[S, b, t]``, each seed's ``clipped_policy_loss`` minus ``entropy_coef`` times its
+    aggregated entropy (``old_log_probs``, ``advantages``, ``mask``: ``[S, B, T]``), backward."""
+
+    def step(micro: Micro) -> Tensor:
+        rows = micro.rows
+        log_probs, entropy = forward(rows)
+        t = log_probs.shape[-1]
+        losses, metrics = [], []
+        for s, (tokens, seqs) in enumerate(micro.counts.tolist()):
+            m = mask[s, rows[s], :t].to(old_log_probs.dtype)
+            out = clipped_policy_loss(
+                log_probs[s].float(),
+                old_log_probs[s, rows[s], :t],
+                advantages[s, rows[s], :t],
+                m,
+                clip_eps=cfg.clip_eps,
+                dual_clip=cfg.dual_clip,
+                aggregation=cfg.aggregation,
+                global_tokens=tokens,
+                global_seqs=seqs,
+            )
+            entropy_term = aggregate(entropy[s], m, cfg.aggregation, tokens, seqs)
+            loss = out.loss - cfg.entropy_coef * entropy_term if cfg.entropy_coef else out.loss
+            losses.append(loss)
+            n = m.sum()
+            parts = (out.loss, entropy_term, out.approx_kl * n, out.clip_fraction * n)
+            metrics.append(torch.stack([x.detach().float() for x in parts]))
+        _sum(losses).backward()
+        return torch.stack(metrics, dim=1)
+
+    return step
+
+
+def autograd_critic_step(
+    forward: StackedCriticForward,
+    strategy: CriticStrategy,
+    targets: Tensor,
+    old_outputs: Tensor | None,
+    mask: Tensor,
+    cfg: PPOSettings,
+) -> MicroStep:
+    """The critic phase's ``MicroStep`` by autograd: ``forward(rows [S, b]) -> [S, b(, t)]``,
+    each seed's ``strategy.loss`` (``targets`` / ``old_outputs`` ``[S, B(, T)]``), backward."""
+
+    def step(micro: Micro) -> Tensor:
+        rows = micro.rows
+        output = forward(rows)
+        t = output.shape[-1] if strategy.per_step else mask.shape[-1]
+        losses = []
+        for s, (tokens, seqs) in enumerate(micro.counts.tolist()):
+            loss = strategy.loss(
+                output[s],
+                strategy.take(None if old_outputs is None else old_outputs[s], rows[s], t),
+                strategy.take(targets[s], rows[s], t),
+                mask[s, rows[s], :t],
+                clip=cfg.value_clip,
+                aggregation=cfg.aggregation,
+                global_tokens=tokens,
+                global_seqs=seqs,
+                row_share=micro.row_share,
+            )
+            losses.append(loss)
+        _sum(losses).backward()
+        return torch.stack(losses).detach()
+
+    return step
+
+
+def _phase(
+    step: MicroStep, schedule: Sequence[Tensor], mask: Tensor, cfg: PPOSettings
+) -> Iterator[tuple[Tensor, np.ndarray]]:
+    """For each mini-batch of the ``schedule``: its counts ``[S, 2]`` and the sums of ``step``'s
+    metrics over its micro-batches (one host sync per micro-batch). The caller steps after each."""
+    for mini in schedule:
+        counts = _counts(mask, mini)
+        sums: np.ndarray | float = 0.0
+        size = cfg.micro_batch_rows
+        for rows in [mini] if size is None else mini.split(size, dim=1):  # [S, b] each
+            micro = Micro(rows, counts, rows.shape[1] / mini.shape[1])
+            sums = sums + step(micro).double().cpu().numpy()
+        yield counts, np.asarray(sums)
+
+
+def stacked_policy_phase(
+    step: MicroStep,
     params: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
     schedule: Sequence[Tensor],
-    old_log_probs: Tensor,
-    advantages: Tensor,
     mask: Tensor,
     cfg: PPOSettings,
     stacked: int | None,
 ) -> dict[str, list[float]]:
     """``policy_phase`` for ``S`` independent runs at once (one per seed).
 
-    ``old_log_probs``, ``advantages``, ``mask``: ``[S, B, T]``; ``schedule``: ``[S, m]`` rows of
-    each seed's mini-batch; ``forward(rows [S, b]) -> [S, b, t]``. Each seed's loss is its own
-    run's loss (its own token / sequence counts); the sum over seeds is minimised, so seed s's
-    gradient is exactly its own loss's. ``stacked = S``: every parameter carries a leading seed
-    axis and gradients are clipped per seed; ``None``: ordinary parameters (S must be 1).
-    Returns every metric per seed ``[S]``.
+    ``mask``: ``[S, B, T]``; ``schedule``: ``[S, m]`` rows of each seed's mini-batch; ``step``:
+    the loss and gradient of a micro-batch (``autograd_policy_step`` or a track's own). Each
+    seed's loss is its own run's loss (its own token / sequence counts); the sum over seeds is
+    minimised, so seed s's gradient is exactly its own loss's. ``stacked = S``: every parameter
+    carries a leading seed axis and gradients are clipped per seed; ``None``: ordinary parameters
+    (S must be 1). Returns every metric per seed ``[S]``.
     """
     seeds = range(mask.shape[0])
     stats = {k: [[] for _ in seeds] for k in POLICY_METRICS}
     optimizer.zero_grad(set_to_none=True)
-    for mini in schedule:
-        counts = _counts(mask, mini)
-        sums = np.zeros((4, len(seeds)))  # loss, entropy, kl * tokens, clipfrac * tokens
-        for rows in _micro_batches(mini, cfg.micro_batch_rows):
-            log_probs, entropy = forward(rows)
-            t = log_probs.shape[-1]
-            losses, metrics = [], []
-            for s in seeds:
-                m = mask[s, rows[s], :t].to(old_log_probs.dtype)
-                tokens, seqs = counts[s]
-                out = clipped_policy_loss(
-                    log_probs[s].float(),
-                    old_log_probs[s, rows[s], :t],
-                    advantages[s, rows[s], :t],
-                    m,
-                    clip_eps=cfg.clip_eps,
-                    dual_clip=cfg.dual_clip,
-                    aggregation=cfg.aggregation,
-                    global_tokens=tokens,
-                    global_seqs=seqs,
-                )
-                entropy_term = aggregate(entropy[s], m, cfg.aggregation, tokens, seqs)
-                loss = out.loss - cfg.entropy_coef * entropy_term if cfg.entropy_coef else out.loss
-                losses.append(loss)
-                n = m.sum()
-                parts = (out.loss, entropy_term, out.approx_kl * n, out.clip_fraction * n)
-                metrics.append(torch.stack([x.detach().float() for x in parts]))
-            _sum(losses).backward()
-            sums += torch.stack(metrics, dim=1).double().cpu().numpy()  # one sync per micro-batch
+    for counts, sums in _phase(step, schedule, mask, cfg):
         norms = _step(params, optimizer, cfg.max_grad_norm, stacked)
-        for s in seeds:
-            tokens = max(counts[s][0], 1.0)
+        for s, (tokens, _) in enumerate(counts.tolist()):
+            tokens = max(tokens, 1.0)
             stats["losses/grad_norm"][s].append(norms[s])
             stats["losses/policy"][s].append(sums[0, s])
             stats["losses/entropy"][s].append(sums[1, s])
@@ -314,46 +376,21 @@ def stacked_policy_phase(
 
 
 def stacked_critic_phase(
-    forward: StackedCriticForward,
-    strategy: CriticStrategy,
+    step: MicroStep,
     params: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
     schedule: Sequence[Tensor],
-    targets: Tensor,
-    old_outputs: Tensor | None,
     mask: Tensor,
     cfg: PPOSettings,
     stacked: int | None,
 ) -> dict[str, list[float]]:
-    """``critic_phase`` for ``S`` runs at once: ``targets`` / ``old_outputs`` ``[S, B]`` or
-    ``[S, B, T]``, ``mask`` ``[S, B, T]``, ``forward(rows [S, b]) -> [S, b(, t)]``; each seed's
-    loss is its own run's (see ``stacked_policy_phase``). Returns every metric per seed."""
+    """``critic_phase`` for ``S`` runs at once: ``mask`` ``[S, B, T]``, ``step`` the loss and
+    gradient of a micro-batch (``autograd_critic_step`` or a track's own); each seed's loss is its
+    own run's (see ``stacked_policy_phase``). Returns every metric per seed."""
     seeds = range(mask.shape[0])
     stats = {k: [[] for _ in seeds] for k in CRITIC_METRICS}
     optimizer.zero_grad(set_to_none=True)
-    for mini in schedule:
-        counts = _counts(mask, mini)
-        sums = np.zeros(len(seeds))
-        for rows in _micro_batches(mini, cfg.micro_batch_rows):
-            output = forward(rows)
-            t = output.shape[-1] if strategy.per_step else mask.shape[-1]
-            losses = []
-            for s in seeds:
-                tokens, seqs = counts[s]
-                loss = strategy.loss(
-                    output[s],
-                    strategy.take(None if old_outputs is None else old_outputs[s], rows[s], t),
-                    strategy.take(targets[s], rows[s], t),
-                    mask[s, rows[s], :t],
-                    clip=cfg.value_clip,
-                    aggregation=cfg.aggregation,
-                    global_tokens=tokens,
-                    global_seqs=seqs,
-                    row_share=rows.shape[1] / mini.shape[1],
-                )
-                losses.append(loss)
-            _sum(losses).backward()
-            sums += torch.stack(losses).detach().double().cpu().numpy()  # one sync per micro-batch
+    for _, sums in _phase(step, schedule, mask, cfg):
         norms = _step(params, optimizer, cfg.max_grad_norm, stacked)
         for s in seeds:
             stats["losses/value_grad_norm"][s].append(norms[s])
