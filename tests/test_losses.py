@@ -180,3 +180,8 @@ def test_explained_variance_is_undefined_for_targets_constant_up_to_rounding():
     spread = base * (1 + 1e-4 * torch.linspace(-1, 1, 64))
     assert explained_variance(spread, spread) == pytest.approx(1.0)
     assert math.isnan(explained_variance(torch.zeros(0), torch.zeros(0)))
+    # returns that are 0 up to the rounding of A + V (the stored run fixture's -1.8e17)
+    values = torch.linspace(0.01, 0.05, 64)
+    noise = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    returns = (-values) + values + 1e-9 * noise
+    assert math.isnan(explained_variance(values, returns))

@@ -42,6 +42,15 @@ def _train(runs, algo, seed=0):
     return train_run("cartpole", algo, seed, runs, CONTROL_EPISODES, CONTROL_RL, False)
 
 
+def _without_rounding_artifacts(row: dict) -> dict:
+    """The stored rows were written before ``explained_variance`` treated returns that are
+    constant up to rounding as constant: there it logged ratios like -1.8e17, now None."""
+    ev = row.get("value/explained_variance")
+    if ev is not None and abs(ev) > 1e6:
+        row = {**row, "value/explained_variance": None}
+    return row
+
+
 @pytest.mark.parametrize("algo", ["sppo", "ppo-gae"])
 def test_a_stored_control_run_resumes_to_the_rows_of_then(control_runs, algo):
     run = control_runs / "control" / "cartpole" / algo / "seed0"
@@ -50,7 +59,11 @@ def test_a_stored_control_run_resumes_to_the_rows_of_then(control_runs, algo):
     rows, then = _rows(_train(control_runs, algo) / "metrics.jsonl"), RESUMED[f"control/{algo}"]
     assert len(rows) == len(then)
     for row, old_row in zip(rows, then, strict=True):
-        assert row == pytest.approx(old_row, rel=1e-6, abs=1e-9)
+        # rows before the checkpoint are the stored history, rows after it are recomputed
+        row, old_row = _without_rounding_artifacts(row), _without_rounding_artifacts(old_row)
+        # abs 1e-7: approx_kl and clipfrac are means of float32 log-prob differences near 0,
+        # where the hand-written and the autograd passes round differently (~1e-9 here)
+        assert row == pytest.approx(old_row, rel=1e-6, abs=1e-7)
     new = RunDir(run).read_checkpoint()
     assert new.step == 4 and new.identity.algo == algo and new.identity.task == "cartpole"
 

@@ -137,9 +137,11 @@ def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = 
     """1 - Var[target - predicted] / Var[target] over masked entries.
 
     Undefined (nan) when the target does not vary: when its standard deviation is at most
-    ``EV_REL_TOL`` times its root mean square. The tolerance is relative, so targets that are
-    constant up to float32 rounding (std ~ 1e-8 x RMS) count as constant on every machine,
-    instead of producing a huge, rounding-dependent ratio.
+    ``EV_REL_TOL`` times the scale of the numbers involved, max(RMS(target), RMS(predicted)).
+    The tolerance is relative, so targets that are constant up to float32 rounding count as
+    constant on every machine, including returns that are 0 only up to the rounding of
+    ``A + V`` (std ~ 1e-9 against values ~ 1e-2), instead of producing a huge,
+    rounding-dependent ratio.
     """
     if mask is not None:
         keep = mask.to(torch.bool)
@@ -148,6 +150,7 @@ def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor | None = 
     if target.numel() == 0:
         return float("nan")
     var = target.var(unbiased=False)
-    if var <= (EV_REL_TOL**2) * target.square().mean():
+    scale = torch.maximum(target.square().mean(), predicted.square().mean())
+    if var <= (EV_REL_TOL**2) * scale:
         return float("nan")
     return float(1.0 - (target - predicted).var(unbiased=False) / var)
