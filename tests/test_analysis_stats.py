@@ -91,3 +91,23 @@ def test_correlations_auroc_and_curve_band():
     np.testing.assert_allclose([mean, lo, hi], [[0, 0.5, 1]] * 3)
     mean, lo, hi = mean_ci_over_runs(np.array([[0.0, 1.0], [1.0, 0.0]]))
     assert np.all(lo <= mean) and np.all(mean <= hi) and np.all(hi > lo)
+
+
+def test_binomial_ci_is_clopper_pearson():
+    """Closed forms at the edges, scipy's exact binomial test in between."""
+    from scipy.stats import binomtest
+
+    from sppo_bench.analysis.stats import binomial_ci
+
+    lo, hi = binomial_ci(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
+    lo, hi = binomial_ci(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 10), rel=1e-9)
+    for k, n in ((2, 10), (7, 10), (16, 20), (31, 50)):
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert binomial_ci(k, n) == pytest.approx((ref.low, ref.high), rel=1e-9)
+    # 5/10 cannot tell a coin from a 0.2 or a 0.8 rate
+    lo, hi = binomial_ci(5, 10)
+    assert lo < 0.2 and hi > 0.8
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        binomial_ci(3, 2)

@@ -27,6 +27,7 @@ from sppo_bench.analysis.runs import (
 )
 from sppo_bench.analysis.stats import (
     Estimate,
+    binomial_ci,
     iqm_ci,
     median_episodes_to_threshold,
     probability_of_improvement,
@@ -36,6 +37,7 @@ from sppo_bench.io import atomic_write_text, replace_dir
 
 BOOTSTRAP_REPS = 2000
 AGGREGATE = "aggregate"
+REACHED_CI = ("reached_lo", "reached_hi")  # exact 95% interval on reached_threshold / n_runs
 
 
 @dataclass
@@ -110,6 +112,7 @@ def build_report(
                     "clone": cell["clone"].iloc[0],
                     "episodes_to_threshold_median": median_episodes_to_threshold(eps),
                     "reached_threshold": int(np.sum(~np.isnan(eps))),
+                    **dict(zip(REACHED_CI, binomial_ci(int(np.sum(~np.isnan(eps))), len(cell)))),
                 }
             )
         est = iqm_ci(per_task, reps=BOOTSTRAP_REPS, seed=seed)
@@ -233,7 +236,8 @@ def _markdown(
         f"## Sample efficiency: training episodes to reach success >= {threshold:g}",
         "",
         "First evaluation point at or above the threshold; median over seeds, runs that never "
-        "reach it counted as infinitely slow; (k/n) = runs that reached it.",
+        "reach it counted as infinitely slow; (k/n) = runs that reached it, with its exact "
+        "(Clopper-Pearson) 95% interval.",
         "",
         "| task | " + " | ".join(algo_label(a) for a in algos) + " |",
         "|---|" + "---|" * len(algos),
@@ -246,7 +250,9 @@ def _markdown(
                 parts.append("-")
             else:
                 med = _fmt_episodes(c["episodes_to_threshold_median"])
-                parts.append(f"{med} ({int(c['reached_threshold'])}/{int(c['n_runs'])})")
+                k, n = int(c["reached_threshold"]), int(c["n_runs"])
+                lo, hi = binomial_ci(k, n)
+                parts.append(f"{med} ({k}/{n} [{lo:.2f}, {hi:.2f}])")
         lines.append(f"| {task_title(task)} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
 

@@ -176,6 +176,21 @@ def episodes_to_threshold(episodes: np.ndarray, success: np.ndarray, threshold: 
     return float(episodes[hit[0]]) if hit.size else float("nan")
 
 
+def binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for a proportion k / n, e.g. runs that reached a threshold.
+
+    lo = Beta^-1(a/2; k, n - k + 1) (0 when k = 0), hi = Beta^-1(1 - a/2; k + 1, n - k)
+    (1 when k = n), a = 1 - level. Counts of stuck runs are coin flips per seed: at n = 10 a
+    count of 5 spans [0.19, 0.81], so only such an interval says what a count can decide.
+    """
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"binomial_ci: need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    alpha = 1.0 - level
+    lo = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(sps.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
 def median_episodes_to_threshold(values: np.ndarray) -> float:
     """Median over runs of episodes-to-threshold, counting "not reached" (NaN) as infinitely many.
 

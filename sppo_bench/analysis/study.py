@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sppo_bench.analysis.runs import DEFAULT_FINAL_EVALS, discover_runs
-from sppo_bench.analysis.stats import episodes_to_threshold
+from sppo_bench.analysis.stats import binomial_ci, episodes_to_threshold
 from sppo_bench.core import get_estimator
 from sppo_bench.errors import UserError
 
@@ -139,12 +139,20 @@ def phase_table(
                 "final_diff_hi": final[2],
                 "reached": int(group["to_threshold"].notna().sum()),
                 "reached_base": int(ref["to_threshold"].notna().sum()),
+                **_reached_ci(group, ""),
+                **_reached_ci(ref, "_base"),
                 "episodes_diff": eps[0],
                 "episodes_diff_lo": eps[1],
                 "episodes_diff_hi": eps[2],
             }
         )
     return pd.DataFrame(cells)
+
+
+def _reached_ci(runs: pd.DataFrame, suffix: str) -> dict[str, float]:
+    """Exact 95% interval on the share of ``runs`` that reached the threshold."""
+    lo, hi = binomial_ci(int(runs["to_threshold"].notna().sum()), len(runs))
+    return {f"reached{suffix}_lo": lo, f"reached{suffix}_hi": hi}
 
 
 NAMES = {"ppo-gae": "PPO-GAE", "ppo-bce": "PPO-BCE", "sppo": "SPPO"}
