@@ -99,6 +99,7 @@ def build_report(
             per_task.append(scores)
             est = iqm_ci([scores], reps=BOOTSTRAP_REPS, seed=seed)
             eps = cell["episodes_to_threshold"].to_numpy(float)
+            reached = int(np.sum(~np.isnan(eps)))
             rows.append(
                 {
                     "task": task,
@@ -111,8 +112,8 @@ def build_report(
                     "initial_success": float(cell["initial_success"].mean()),
                     "clone": cell["clone"].iloc[0],
                     "episodes_to_threshold_median": median_episodes_to_threshold(eps),
-                    "reached_threshold": int(np.sum(~np.isnan(eps))),
-                    **dict(zip(REACHED_CI, binomial_ci(int(np.sum(~np.isnan(eps))), len(cell)))),
+                    "reached_threshold": reached,
+                    **dict(zip(REACHED_CI, binomial_ci(reached, len(cell)), strict=True)),
                 }
             )
         est = iqm_ci(per_task, reps=BOOTSTRAP_REPS, seed=seed)
