@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sppo_bench.analysis import toy_report  # noqa: E402
+from sppo_bench.analysis import toy_critic, toy_report  # noqa: E402
 from sppo_bench.config import load_config  # noqa: E402
 from sppo_bench.core import get_estimator, valid_estimator_names  # noqa: E402
 from sppo_bench.errors import UserError  # noqa: E402
@@ -288,23 +288,23 @@ def report(args, algos: list[str]) -> None:
         if (run_dir / "token_values.json").exists():
             traces = json.loads((run_dir / "token_values.json").read_text())
             seed = run_dir.name.rsplit("-s", 1)[1]
-            profile = toy_report.token_value_profile(traces)
+            profile = toy_critic.token_value_profile(traces)
             atomic_write_text(out / f"toy_token_values_s{seed}.csv", profile.to_csv(index=False))
-            toy_report.plot_token_values(traces, out / f"toy_token_values_s{seed}.png")
+            toy_critic.plot_token_values(traces, out / f"toy_token_values_s{seed}.png")
     calibration = {}
     for run_dir in sorted(args.runs.glob("sppo-s*")):
         if (run_dir / "calibration.json").exists():
             rows = json.loads((run_dir / "calibration.json").read_text())
             seed = run_dir.name.rsplit("-s", 1)[1]
-            stats = toy_report.calibration_stats(rows)
+            stats = toy_critic.calibration_stats(rows)
             calibration[int(seed)] = stats
             atomic_write_json(out / f"toy_calibration_s{seed}.json", stats)
-            binned = toy_report.reliability_bins(rows)
+            binned = toy_critic.reliability_bins(rows)
             atomic_write_text(out / f"toy_calibration_bins_s{seed}.csv", binned.to_csv(index=False))
-            toy_report.plot_calibration(rows, out / f"toy_calibration_s{seed}.png")
+            toy_critic.plot_calibration(rows, out / f"toy_calibration_s{seed}.png")
             print(f"SPPO critic calibration (seed {seed}): {json.dumps(stats)}")
     if len(calibration) > 1:
-        summary = toy_report.calibration_over_seeds(calibration)
+        summary = toy_critic.calibration_over_seeds(calibration)
         atomic_write_json(out / "toy_calibration_seeds.json", summary)
         print(f"SPPO critic calibration over seeds: {json.dumps(summary)}")
     print(toy_report.markdown_table(table))

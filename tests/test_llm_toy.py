@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from sppo_bench.analysis.stats import mean_ci_over_runs
+from sppo_bench.analysis.toy_critic import calibration_over_seeds, calibration_stats
 from sppo_bench.analysis.toy_report import (
-    calibration_over_seeds,
-    calibration_stats,
     mean_curves,
     policy_updates,
     seed_markdown,
