@@ -118,3 +118,17 @@ def test_aggregate_over_fewer_tasks_is_marked(tmp_path):
     assert row.count("(1 of 2 tasks)") == 1
     mountaincar = next(line for line in report.markdown.splitlines() if "| MountainCar |" in line)
     assert mountaincar.rstrip(" |").endswith("-")  # the GRPO column has no MountainCar runs
+
+
+def test_seed_blocks_count_what_each_10_seed_rerun_would_have_seen(tmp_path):
+    """Cells with two or more full blocks of 10 seeds get one reached-count per block, and the
+    counts add up to the cell's total; cells with fewer seeds get no such row."""
+    write_suite(tmp_path, tasks=("mountaincar",), algos=("sppo",), seeds=20)
+    write_suite(tmp_path, tasks=("cartpole",), algos=("sppo",), seeds=5)
+    report = build_report(tmp_path, threshold=0.8)
+    section = report.markdown.split("per block of 10 seeds")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| MountainCar")]
+    assert len(rows) == 1 and "CartPole" not in section
+    counts = [int(part.split(": ")[1].split("/")[0]) for part in rows[0].split("|")[3].split(";")]
+    total = report.summary.query("task == 'mountaincar' and algo == 'sppo'").iloc[0]
+    assert len(counts) == 2 and sum(counts) == total.reached_threshold

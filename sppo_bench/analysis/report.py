@@ -152,10 +152,46 @@ def build_report(
     md = _markdown(
         summary, task_list, algo_list, improvement, both, compare, metric, final_evals, threshold
     )
+    md += _seed_blocks(table, threshold)
     left = [(f"{r.task}/{r.label}/seed{r.seed}", reason) for r, reason in excluded]
     if left:
         md += "\n\nLeft out (not valid runs):\n\n" + "\n".join(f"- {n}: {w}" for n, w in left)
     return Report(table, summary, improvement, both, md, left)
+
+
+SEED_BLOCK = 10  # seeds per block in the rerun-variance table
+
+
+def _seed_blocks(table: pd.DataFrame, threshold: float) -> str:
+    """For cells of at least two full blocks of ``SEED_BLOCK`` seeds: runs that reached the
+    threshold per block (seeds 0-9, 10-19, ...), i.e. what independent 10-seed reruns of the
+    cell would have reported. Empty when no cell has that many seeds."""
+    rows = []
+    for (task, label), cell in table.groupby(["task", "label"], sort=True):
+        blocks = cell.groupby(cell["seed"] // SEED_BLOCK)
+        full = [(b, g) for b, g in blocks if len(g) == SEED_BLOCK]
+        if len(full) < 2:
+            continue
+        counts = [
+            f"seeds {b * SEED_BLOCK}-{b * SEED_BLOCK + SEED_BLOCK - 1}: "
+            f"{int(g['episodes_to_threshold'].notna().sum())}/{SEED_BLOCK}"
+            for b, g in full
+        ]
+        rows.append(f"| {task_title(task)} | {algo_label(label)} | " + "; ".join(counts) + " |")
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "",
+            f"## Runs that reached {threshold:g}, per block of {SEED_BLOCK} seeds",
+            "",
+            f"What independent {SEED_BLOCK}-seed runs of each cell would have counted.",
+            "",
+            "| task | arm | reached, per block |",
+            "|---|---|---|",
+            *rows,
+        ]
+    ) + "\n"
 
 
 def _compared_labels(table: pd.DataFrame, compare: tuple[str, str]) -> tuple[str, str]:
