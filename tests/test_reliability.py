@@ -573,10 +573,6 @@ AUDIT_BAD_INPUTS = {  # name -> (command, words the one-line error must contain)
     # rule 2: a setting that is stored is a setting that acts
     "--set env_id=...": ([*TRAIN, "--set", "env_id=CartPole-v1"], "env_id"),
     "--set horizon=5": ([*TRAIN, "--set", "horizon=5"], "horizon"),
-    "group_size for a non-group estimator": (
-        [*TRAIN, "--set", "rl.group_size=4"],
-        "only the group estimators",
-    ),
     # rule 6: failed stages leave nothing behind
     "clone without expert": (["control", "clone", "--task", "cartpole", "--demos", "5"], "expert"),
     "--tensorboard at a file": ([*TRAIN, "--tensorboard", "afile"], "afile"),

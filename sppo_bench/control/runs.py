@@ -23,7 +23,7 @@ from sppo_bench.control.spec import TaskSpec, load_spec
 from sppo_bench.control.tasks import TaskInfo
 from sppo_bench.control.update import compute_autocast
 from sppo_bench.control.variants import Variant, all_overrides, folder_name
-from sppo_bench.core import ESTIMATORS, EstimatorSpec, get_estimator
+from sppo_bench.core import EstimatorSpec, get_estimator
 from sppo_bench.errors import UserError
 from sppo_bench.rundir import RunDir, RunIdentity, config_hash, stage_dir
 
@@ -101,9 +101,6 @@ def run_identity(config: dict[str, Any]) -> RunIdentity:
     return RunIdentity(config["task"], config["algo"], config.get("variant"), config_hash(config))
 
 
-GROUP_KEY = "rl.group_size"
-
-
 def requested_spec(
     task: str | TaskInfo,
     estimator: EstimatorSpec,
@@ -112,13 +109,7 @@ def requested_spec(
     variant: Variant | None = None,
 ) -> TaskSpec:
     """The task spec that runs of these arguments share; a bad setting fails before any work."""
-    every = all_overrides(overrides, variant)
-    if not estimator.needs_groups and any(o.partition("=")[0].strip() == GROUP_KEY for o in every):
-        raise UserError(  # stored in config.yaml, it would claim a setting that never acted
-            f"{GROUP_KEY} has no effect on {estimator.name}: only the group estimators "
-            f"({', '.join(sorted(n for n, e in ESTIMATORS.items() if e.needs_groups))}) use it"
-        )
-    spec = load_spec(task, every)
+    spec = load_spec(task, all_overrides(overrides, variant))
     estimator.configured_params(spec.rl.estimator_params)
     compute_autocast(spec.rl.compute_dtype)
     if episodes is not None:
