@@ -154,15 +154,15 @@ def test_an_llm_resume_refuses_another_algorithms_checkpoint(tmp_path):
 def test_one_control_train_resolves_the_task_and_the_algorithm_once(control_runs, capsys):
     """A trace of ``control train``: the task name is resolved (``get_task`` on a string) once,
     and the algorithm's name (``get_estimator``) once, apart from the keys of the spec's
-    per-estimator parameter table (``canonical_params``) and the per-update advantage call
-    (``compute_advantages`` by name, in ``control/update.py``)."""
+    per-estimator parameter table (``canonical_params``); each update calls the resolved
+    estimator's function, not ``compute_advantages`` by name."""
     from sppo_bench.cli import main
     from sppo_bench.control.spec import canonical_params
     from sppo_bench.control.tasks import get_task
-    from sppo_bench.core import compute_advantages, get_estimator
+    from sppo_bench.core import get_estimator
 
     calls = {"task": 0, "algo": 0}
-    others = (compute_advantages.__code__, canonical_params.__code__)
+    others = (canonical_params.__code__,)
 
     def profile(frame, event, arg):
         if event != "call":

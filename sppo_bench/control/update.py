@@ -42,7 +42,6 @@ from sppo_bench.core import (
     AdvantageInput,
     CriticStrategy,
     EstimatorSpec,
-    compute_advantages,
 )
 from sppo_bench.core.critics import VALUE_METRICS
 from sppo_bench.core.ppo import (
@@ -179,7 +178,7 @@ def _advantages(
             baseline_rewards=flat(data.baseline_rewards, part),
             **(strategy.advantage_inputs(flat(old_critic, part)) if strategy else {}),
         )
-        out = compute_advantages(estimator.name, inputs, **params)
+        out = estimator.fn(inputs, **params)  # resolved once, by the command
         advantages.append(out.advantages.detach())
         targets.append(out.value_targets)
     n_rows = data.obs.shape[1]
