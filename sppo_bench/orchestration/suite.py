@@ -15,7 +15,6 @@ of a ``orchestration.profile``) on an executor (``orchestration.executors``):
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -175,24 +174,9 @@ def run_suite(
                     bar.update(len(item))
     except KeyboardInterrupt:
         getattr(pool, "kill", pool.shutdown)()
-        if hasattr(pool, "kill"):  # a process pool: leave now, without exit-time joins
-            _exit_interrupted(bar)
         raise
     finally:
         bar.close()
         pool.shutdown()
     result.wall_time_s = time.monotonic() - start
     return result
-
-
-def _exit_interrupted(bar: tqdm) -> None:
-    """Ctrl-C with a process pool: the workers are killed; end the process at once (status 130).
-
-    A worker killed while it writes to the pool's result queue can leave the pool's manager
-    thread blocked on a partial message, and Python joins that thread at exit: the interrupted
-    suite would then hang instead of exiting. Output is flushed first; a rerun resumes the runs.
-    """
-    bar.close()
-    print("interrupted: running runs were stopped; rerun the command to resume them", flush=True)
-    sys.stderr.flush()
-    os._exit(130)
