@@ -51,7 +51,10 @@ def test_toy_run_is_killed_and_resumed_with_contiguous_metrics(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     (part,) = summary["parts"]
     assert part["status"] == "ok"
-    assert part["rows_at_kill"] >= 3 and part["checkpoint_step_at_kill"] < part["rows_at_kill"]
+    # killed mid-run: rows were written and the run was not done; whether a checkpoint had
+    # just been written at the kill depends on timing, so the checkpoint may equal the rows
+    assert part["rows_at_kill"] >= 3 and part["checkpoint_step_at_kill"] <= part["rows_at_kill"]
+    assert part["rows_at_kill"] < 40
     steps = [json.loads(x)["step"] for x in (out / "toy_resume_metrics.jsonl").open()]
     assert steps == list(range(1, 41))
     # every file is also in $OUT, one folder deep, and there are at most 8 of them

@@ -418,6 +418,10 @@ def test_ctrl_c_stops_the_suite_and_its_workers_within_seconds(tmp_path):
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # a terminal's job has Ctrl-C's default disposition; a background job of a
+        # non-interactive shell (CI launched with `&`) inherits SIGINT ignored, which Python
+        # then keeps ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     start = time.monotonic()
     os.killpg(suite.pid, signal.SIGINT)  # what Ctrl-C sends
