@@ -24,7 +24,7 @@ def test_report_numbers(synthetic_runs_dir):
         assert sppo.iqm > gae.iqm
         assert np.isinf(gae.episodes_to_threshold_median) and gae.reached_threshold == 0
         # 0 of 5 reached: the exact 95% interval is [0, 1 - 0.025^(1/5)]
-        assert (gae.reached_lo, gae.reached_hi) == pytest.approx((0.0, 1 - 0.025 ** 0.2))
+        assert (gae.reached_lo, gae.reached_hi) == pytest.approx((0.0, 1 - 0.025**0.2))
     assert report.improvement.point > 0.9
     assert report.improvement_tasks == ["cartpole", "mountaincar"]
     agg = s[s.task == "aggregate"].set_index("algo")

@@ -180,18 +180,21 @@ def _seed_blocks(table: pd.DataFrame, threshold: float) -> str:
         rows.append(f"| {task_title(task)} | {algo_label(label)} | " + "; ".join(counts) + " |")
     if not rows:
         return ""
-    return "\n".join(
-        [
-            "",
-            f"## Runs that reached {threshold:g}, per block of {SEED_BLOCK} seeds",
-            "",
-            f"What independent {SEED_BLOCK}-seed runs of each cell would have counted.",
-            "",
-            "| task | arm | reached, per block |",
-            "|---|---|---|",
-            *rows,
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                "",
+                f"## Runs that reached {threshold:g}, per block of {SEED_BLOCK} seeds",
+                "",
+                f"What independent {SEED_BLOCK}-seed runs of each cell would have counted.",
+                "",
+                "| task | arm | reached, per block |",
+                "|---|---|---|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def _compared_labels(table: pd.DataFrame, compare: tuple[str, str]) -> tuple[str, str]:
