@@ -148,7 +148,6 @@ class _PoolExecutor(_InlineExecutor):
         self.pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=get_context("spawn"), initializer=die_with_parent
         )
-        self.killed = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self.pool.submit(fn, *args)
@@ -157,13 +156,10 @@ class _PoolExecutor(_InlineExecutor):
         return list(wait(handles, timeout=timeout, return_when=FIRST_COMPLETED).done)
 
     def shutdown(self) -> None:
-        # after kill() nothing is left to wait for, and joining the pool's manager thread on
-        # killed workers can block (seen under load): the Ctrl-C exit must not hang there
-        self.pool.shutdown(wait=not self.killed, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def kill(self) -> None:
         """Stop at once (Ctrl-C): running runs die; a rerun resumes them from checkpoints."""
-        self.killed = True
         for process in list(getattr(self.pool, "_processes", {}).values()):
             process.kill()
         self.pool.shutdown(wait=False, cancel_futures=True)
