@@ -115,9 +115,10 @@ class RLConfig(PPOConfig):
     many greedy episodes from the same start states). group_size: samples per start state for the
     group estimators (grpo, rloo). estimator_params: keyword parameters per estimator name (e.g.
     ``{gae: {lam: 1.0}}``); gamma is always 1. compute_dtype: the update's forward and backward
-    passes in "float32" or "bfloat16" (CPU autocast: bf16 matmuls and activations, fp32 losses,
-    gradients and Adam; rollouts stay fp32); bf16 is 2-3x faster on large batches of a CPU with
-    AVX-512 BF16 and changes the numbers at the ~1e-2 level.
+    passes in "float32" or "bfloat16" (the hand-written passes of ``control.fastmlp`` run their
+    matmuls on bf16 copies with fp32 activations, gradients, master weights and Adam; rollouts
+    stay fp32); bf16 was no faster than fp32 in the measured update here and moves losses by up
+    to 2% and gradients by up to 5% (README, "Performance").
     """
 
     RENAMED: ClassVar[dict[str, str]] = {"ent_coef": "entropy_coef"}
