@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     expert.add_argument(
         "--timesteps", type=int_at_least(1), help="SB3 PPO timesteps (default: the spec's)"
     )
-    expert.set_defaults(func=run_expert)
+    expert.set_defaults(func=run_expert, seed=None)  # None: the spec's expert.seed
 
     clone = stages.add_parser("clone", help="clone successful expert episodes into the policy")
     _common(clone)
@@ -75,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     clone.add_argument(
         "--epochs", type=int_at_least(0), help="behaviour-cloning epochs (default: the spec's)"
     )
-    clone.set_defaults(func=run_clone)
+    clone.set_defaults(func=run_clone, seed=None)  # None: the spec's clone.seed
 
     train = stages.add_parser("train", help="RL fine-tuning of the clone with one estimator")
     _common(train)

@@ -141,16 +141,19 @@ def clone_expert(
     task: str,
     runs_dir: Path = Path("runs"),
     overrides: Sequence[str] = (),
-    seed: int = 0,
+    seed: int | None = None,
     progress: bool = True,
     variant: Variant | None = None,
 ) -> Path:
     """Clone (or skip if done) the task's expert into the RL policy; returns the clone folder
     (the variant's own, ``clone@<variant>``, where its overrides touch what a clone is built
-    from)."""
+    from). ``seed``: the cloning seed, stored as ``clone.seed`` (None: the spec's)."""
     torch.set_num_threads(1)
     overrides = all_overrides(overrides, variant)
     spec = load_spec(task, overrides)
+    if seed is not None:
+        spec.clone.seed = seed
+    seed = spec.clone.seed
     out = variant_stage_dir(runs_dir, spec.task, "clone", variant)
     check_stage_config(out, spec, ["expert", "policy", "clone"], overrides)
     if (out / "done").is_file():

@@ -32,10 +32,25 @@ from sppo_bench.control.tasks import TaskInfo, get_task
 from sppo_bench.control.variants import Variant, all_overrides, variant_stage_dir
 from sppo_bench.errors import UserError
 from sppo_bench.io import atomic_torch_save, atomic_write_json, read_torch_file
-from sppo_bench.rundir import stage_dir  # noqa: F401 - the stage folders' layout
+from sppo_bench.rundir import config_difference, stage_dir  # noqa: F401 - stage_dir: layout
 
 EXPERT_EVAL_SEED = 2_000_000
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+
+
+def stage_config_difference(out: Path, spec: TaskSpec, sections: Sequence[str]) -> str | None:
+    """The first setting (dotted key, ``key: stored != wanted``) in which the stage folder
+    ``out``'s stored ``config.yaml`` differs from ``spec`` within ``sections``; None where they
+    agree or ``out`` holds no stored config. Older stored configs are read as today's
+    (``upgrade_stored_spec``: a field added later reads as the value those stages used)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    stored = upgrade_stored_spec(yaml.safe_load(path.read_text()) or {})
+    wanted = yaml_round_trip(to_dict(spec))
+    return config_difference(
+        {s: stored.get(s) for s in sections}, {s: wanted.get(s) for s in sections}
+    )
 
 
 def check_stage_config(
@@ -43,19 +58,15 @@ def check_stage_config(
 ) -> None:
     """Refuse to reuse a cached stage built with other settings than the overrides ask for.
 
-    ``sections``: the top-level spec sections the stage depends on (``expert`` for the expert;
-    ``expert``, ``policy``, ``clone`` for the clone). Only the sections that ``overrides`` touch
-    are compared, so a stage cached with custom settings is reused by a caller that asks for
-    nothing in particular; a caller that does ask (a profile's ``clone.lr=...``) gets either a
-    matching stage or a one-line error naming the sections that differ.
+    ``sections``: the top-level spec sections the stage depends on (``variants.STAGE_SECTIONS``:
+    ``expert`` for the expert; ``expert``, ``policy``, ``clone`` for the clone). Only the sections
+    that ``overrides`` touch are compared, so a stage cached with custom settings is reused by a
+    caller that asks for nothing in particular; a caller that does ask (a profile's
+    ``clone.lr=...``) gets either a matching stage or a one-line error naming the sections that
+    differ.
     """
-    path = out / "config.yaml"
     touched = {o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides}
-    if not path.is_file() or not touched & set(sections):
-        return
-    stored = upgrade_stored_spec(yaml.safe_load(path.read_text()) or {})
-    wanted = yaml_round_trip(to_dict(spec))
-    differ = [s for s in sections if s in touched and stored.get(s) != wanted.get(s)]
+    differ = [s for s in sections if s in touched and stage_config_difference(out, spec, [s])]
     if differ:
         raise UserError(
             f"{str(out)!r} was built with other {', '.join(differ)} settings; "
@@ -190,17 +201,21 @@ def train_expert(
     runs_dir: Path = Path("runs"),
     overrides: Sequence[str] = (),
     timesteps: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     progress: bool = True,
     variant: Variant | None = None,
 ) -> Path:
     """Train (or resume, or skip if done) the task's expert; returns its folder (the variant's
-    own where its overrides touch ``expert.*``)."""
+    own where its overrides touch ``expert.*``). ``seed``: the training seed, stored as
+    ``expert.seed`` (None: the spec's ``expert.seed``)."""
     torch.set_num_threads(1)
     overrides = all_overrides(overrides, variant)
     spec = load_spec(task, overrides)
     if timesteps is not None:
         spec.expert.total_timesteps = timesteps
+    if seed is not None:
+        spec.expert.seed = seed
+    seed = spec.expert.seed
     out = variant_stage_dir(runs_dir, spec.task, "expert", variant)
     check_stage_config(out, spec, ["expert"], overrides)
     if (out / "done").is_file():

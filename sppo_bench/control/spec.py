@@ -43,6 +43,8 @@ class ExpertConfig:
     shaping: task-specific coefficients of the shaped reward (see ``shaping.py``).
     train_horizon: episodes of the shaped training env are cut at this many steps
     (``null`` = the task horizon). eval_episodes: sparse-task rollouts to measure success.
+    seed: the training seed (SB3's ``seed``, the environments' resets); another seed gives an
+    independently trained expert. 0 = the seed every expert before this field used.
     """
 
     total_timesteps: int = 100_000
@@ -66,6 +68,7 @@ class ExpertConfig:
     train_horizon: int | None = None
     shaping: dict[str, float] = field(default_factory=dict)
     eval_episodes: int = 100
+    seed: int = 0
 
 
 @dataclass
@@ -92,6 +95,8 @@ class CloneConfig:
     (1 - p) expert + p uniform; a continuous clone's mean shrinks towards the action box's
     centre, mu = (1 - p) a* + p c. 0 = today's clone; 1 = a clone of random actions. See
     ``results/control/clone_strength.md`` for the start success it gives per task.
+    seed: the cloning seed (torch's, the demo noise's, the clone's evaluation sampling); 0 = the
+    seed every clone before this field used.
     """
 
     episodes: int = 20
@@ -103,6 +108,7 @@ class CloneConfig:
     eval_episodes: int = 200
     only_successful: bool = True
     demo_noise: float = 0.0
+    seed: int = 0
 
 
 @dataclass
@@ -158,7 +164,8 @@ def upgrade_stored_spec(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config (a run's or a stage's) with the keys of older versions as today's: the
     ``rl`` upgrades, estimator parameters under registered names (an older run may hold both
     ``gae`` and ``ppo-gae`` entries; merged as they were read: the alias's values win), and
-    ``clone.demo_noise`` (added later) at 0.0, the value those used."""
+    ``clone.demo_noise``, ``expert.seed`` and ``clone.seed`` (added later) at the values those
+    used (0.0, 0, 0)."""
     if isinstance(config.get("rl"), dict):
         config["rl"] = upgrade_stored_rl(config["rl"])
         if "estimator_params" in config["rl"]:
@@ -166,6 +173,9 @@ def upgrade_stored_spec(config: dict[str, Any]) -> dict[str, Any]:
             config["rl"]["estimator_params"] = canonical_params(table)
     if isinstance(config.get("clone"), dict):
         config["clone"].setdefault("demo_noise", 0.0)
+        config["clone"].setdefault("seed", 0)
+    if isinstance(config.get("expert"), dict):
+        config["expert"].setdefault("seed", 0)
     return config
 
 
@@ -221,6 +231,7 @@ SPEC_BOUNDS = {
     "clone.epochs": at_least(0, MEMORY_CAP),
     "clone.lr": LEARNING_RATE,
     "clone.demo_noise": PROBABILITY,
+    **{f"{k}.seed": at_least(0, 2**32 - 1) for k in ("expert", "clone")},  # numpy's seed range
     "rl.episodes": at_least(1, 10**10),
     **{f"rl.{k}": at_least(1, MEMORY_CAP) for k in ("trajectories_per_update", "n_eval")},
     **{f"rl.{k}": at_least(1) for k in ("eval_every", "checkpoint_every")},
