@@ -86,6 +86,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a task-spec override of the --variant being defined (repeatable)",
     )
+    run.add_argument(
+        "--stages-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take each expert/clone folder the runs folder lacks from DIR/control/<task>/ "
+        "(e.g. a published cell's: results/control/study/stages/...), checked against the "
+        "profile's settings; never trains them",
+    )
     run.add_argument("--dry-run", action="store_true", help="list the runs and their state only")
     run.add_argument(
         "--stack",
@@ -164,12 +173,19 @@ def _print_result(result) -> None:
 def cmd_suite_run(args: argparse.Namespace) -> int:
     from sppo_bench.orchestration.plan import check_runs_match, plan_runs, run_state
     from sppo_bench.orchestration.profile import load_profile
+    from sppo_bench.orchestration.stages import plan_stage_imports
     from sppo_bench.orchestration.suite import run_suite
 
     profile = load_profile(args.profile)
     specs = plan_runs(profile, args.tasks, args.algos, args.seeds, args.variants, args.overrides)
     check_runs_match(specs, args.runs_dir)
+    imports = {}
+    if args.stages_from is not None:  # checked before anything starts
+        pending = [s for s in specs if run_state(s, args.runs_dir) != "done"]
+        imports = plan_stage_imports(pending, args.runs_dir, args.stages_from)
     if args.dry_run:
+        for item in imports.values():
+            print(item.describe(args.stages_from))
         for spec in specs:
             state = run_state(spec, args.runs_dir)
             sets = " ".join((*spec.overrides, *(spec.variant.overrides if spec.variant else ())))
@@ -181,7 +197,13 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         f"{states.count('resume')} to resume, {states.count('new')} new; runs in {args.runs_dir}/"
     )
     result = run_suite(
-        specs, args.runs_dir, args.executor, args.workers, args.ray_address, stack=args.stack
+        specs,
+        args.runs_dir,
+        args.executor,
+        args.workers,
+        args.ray_address,
+        stack=args.stack,
+        stages_from=args.stages_from,
     )
     _print_result(result)
     return 1 if result.failed else 0

@@ -5,7 +5,9 @@ of a ``orchestration.profile``) on an executor (``orchestration.executors``):
 2. it runs each remaining task's cached expert and behaviour-cloning stages once
    (``sppo_bench.control.pipeline.ensure_clone``, with the profile's overrides for the task, so
    a profile can set ``clone.*`` fields), before any RL run of that task; once more per variant
-   that changes ``expert.*``, ``policy.*`` or ``clone.*`` (its own ``clone@<variant>``);
+   that changes ``expert.*``, ``policy.*`` or ``clone.*`` (its own ``clone@<variant>``). With
+   ``stages_from``, stage folders the runs folder lacks are first copied from that folder
+   (``orchestration.stages``), so these stages are found finished, not trained;
 3. it runs the RL runs, up to ``stack`` seeds of one (task, algorithm, variant) per job, trained
    seed-stacked in one process (``sppo_bench.control.trainer.train_seeds``; ``stack=1``: one
    ``train_run`` per job); either resumes an unfinished run from its latest checkpoint. Runs or
@@ -43,6 +45,7 @@ from sppo_bench.orchestration.plan import (
     stack_jobs,
     stage_overrides,
 )
+from sppo_bench.orchestration.stages import StageImport, import_stage, plan_stage_imports
 from sppo_bench.rundir import stage_dir
 
 
@@ -97,17 +100,24 @@ def run_suite(
     clone_fn: CloneFn | None = None,
     stack: int = 1,
     seeds_fn: SeedsFn | None = None,
+    stages_from: Path | None = None,
 ) -> SuiteResult:
     """Run every unfinished spec; the clone stage of a task runs once before its RL runs.
 
     ``stack``: seeds per job (``seeds_fn``, default ``train_seeds``); 1: one ``run_fn`` per run.
     A failing run is recorded and the others go on (in a stacked job, the seeds it finished
-    count as finished); a failing clone stage fails that task's runs.
+    count as finished); a failing clone stage fails that task's runs. ``stages_from``: a runs
+    folder whose expert and clone folders are copied in before a task's stages would be trained
+    (``orchestration.stages``; checked before anything starts).
     """
     if stack < 1:
         raise UserError(f"stack must be at least 1, got {stack}")
     start = time.monotonic()
     runs_dir = Path(runs_dir).resolve()
+    imports: dict[tuple[str, str], StageImport] = {}
+    if stages_from is not None:
+        pending = [s for s in specs if run_state(s, runs_dir) != "done"]
+        imports = plan_stage_imports(pending, runs_dir, stages_from)
     runs_dir.mkdir(parents=True, exist_ok=True)
     clone_fn = clone_fn or default_clone_fn
     workers = workers or max(1, os.cpu_count() or 1)
@@ -134,6 +144,9 @@ def run_suite(
             task, first = key[0], group[0]
             owner = first.variant if key[1:] != ("expert", "clone") else None
             overrides = stage_overrides(first)
+            for folder in key[1:] if imports else ():
+                if import_stage(imports[task, folder], runs_dir):
+                    bar.write(f"[{_clock(0)}] {task}/{folder}: copied from {stages_from}")
             job = pool.submit(execute_clone, clone_fn, task, runs_dir, overrides, owner)
             jobs[job] = ("clone", key)
             bar.write(f"[{_clock(0)}] {_stages(key)}: {stage_state(runs_dir, key)}")
