@@ -1,0 +1,106 @@
+"""``expert.seed`` and ``clone.seed``: the spec fields reach the stages (through the suite's
+``ensure_clone`` too), a variant setting them gets its own stage folders, the same seed gives
+the same stage and another seed another; stored configs from before the fields pass the check."""
+
+import pytest
+import torch
+import yaml
+from test_control_pipeline import TINY_CLONE, TINY_EXPERT
+
+from sppo_bench.cli import main
+from sppo_bench.control.cloning import clone_expert
+from sppo_bench.control.expert import check_stage_config, stage_config_difference, train_expert
+from sppo_bench.control.pipeline import ensure_clone
+from sppo_bench.control.spec import load_spec
+from sppo_bench.control.variants import Variant, stage_folder
+from sppo_bench.errors import UserError
+from sppo_bench.io import read_torch_file
+
+TINY = [*TINY_EXPERT, "expert.total_timesteps=64", *TINY_CLONE]
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    """The stage's network weights: the SB3 expert module's or the clone's state dict."""
+    blob = read_torch_file(folder / "policy.pt", "policy")
+    return blob["policy"].state_dict() if "policy" in blob else blob["state_dict"]
+
+
+def _same(a, b) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _stored(folder) -> dict:
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def seed0(tmp_path_factory):
+    """The plain stages (seed 0 each), built by the suite's ``ensure_clone``."""
+    root = tmp_path_factory.mktemp("seed0")
+    ensure_clone("cartpole", root, TINY)
+    return root / "control" / "cartpole"
+
+
+def test_a_variant_setting_a_seed_owns_its_stages():
+    expert_seed, clone_seed = Variant("e1", ("expert.seed=1",)), Variant("c1", ("clone.seed=1",))
+    assert [stage_folder(s, expert_seed) for s in ("expert", "clone")] == ["expert@e1", "clone@e1"]
+    assert [stage_folder(s, clone_seed) for s in ("expert", "clone")] == ["expert", "clone@c1"]
+
+
+def test_expert_seed_reaches_the_expert_through_the_suite(seed0, tmp_path):
+    variant = Variant("e1", ("expert.seed=1",))
+    ensure_clone("cartpole", tmp_path / "a", TINY, variant=variant)
+    ours = tmp_path / "a" / "control" / "cartpole"
+    assert _stored(ours / "expert@e1")["expert"]["seed"] == 1
+    assert not _same(ours / "expert@e1", seed0 / "expert")  # another seed, another expert
+    direct = train_expert("cartpole", tmp_path / "b", TINY, seed=1, progress=False)
+    assert _same(ours / "expert@e1", direct)  # the same seed, the same expert
+    again = train_expert("cartpole", tmp_path / "c", TINY, progress=False)
+    assert _same(again, seed0 / "expert")
+
+
+def test_clone_seed_reaches_the_clone(seed0, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "control").mkdir(parents=True)
+    (runs / "control" / "cartpole").symlink_to(seed0)  # the seed-0 expert, not retrained
+    one = clone_expert(
+        "cartpole", runs, TINY, progress=False, variant=Variant("c1", ("clone.seed=1",))
+    )
+    assert one.name == "clone@c1" and _stored(one)["clone"]["seed"] == 1
+    assert not _same(one, seed0 / "clone")
+    zero = clone_expert(
+        "cartpole", runs, TINY, progress=False, variant=Variant("c0", ("clone.seed=0",))
+    )
+    assert _same(zero, seed0 / "clone")
+
+
+def test_cli_seed_and_set_seed_are_one_field(tmp_path, capsys):
+    sets = [x for s in TINY_EXPERT for x in ("--set", s)]
+    base = ["control", "expert", "--task", "cartpole", "--timesteps", "64", "--no-progress", *sets]
+    assert main([*base, "--runs-dir", str(tmp_path / "a"), "--set", "expert.seed=2"]) == 0
+    assert main([*base, "--runs-dir", str(tmp_path / "b"), "--seed", "2"]) == 0
+    folders = [tmp_path / r / "control" / "cartpole" / "expert" for r in ("a", "b")]
+    assert [_stored(f)["expert"]["seed"] for f in folders] == [2, 2]
+    assert _same(*folders)
+
+
+def test_stored_configs_without_the_seed_fields_still_pass(seed0, tmp_path):
+    old = tmp_path / "clone"
+    old.mkdir()
+    config = _stored(seed0 / "clone")
+    del config["expert"]["seed"], config["clone"]["seed"]  # as written before the fields
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    asked = [*TINY, "expert.seed=0", "clone.seed=0"]
+    spec = load_spec("cartpole", asked)
+    assert stage_config_difference(old, spec, ["expert", "policy", "clone"]) is None
+    check_stage_config(old, spec, ["expert", "policy", "clone"], asked)
+    other = load_spec("cartpole", [*TINY, "clone.seed=4"])
+    assert stage_config_difference(old, other, ["clone"]) == "clone.seed: 0 != 4"
+    with pytest.raises(UserError, match="built with other clone settings"):
+        check_stage_config(old, other, ["expert", "policy", "clone"], ["clone.seed=4"])
+
+
+def test_seed_bounds_are_one_line_errors():
+    with pytest.raises(UserError, match="expert.seed"):
+        load_spec("cartpole", ["expert.seed=-1"])
