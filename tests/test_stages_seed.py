@@ -104,3 +104,26 @@ def test_stored_configs_without_the_seed_fields_still_pass(seed0, tmp_path):
 def test_seed_bounds_are_one_line_errors():
     with pytest.raises(UserError, match="expert.seed"):
         load_spec("cartpole", ["expert.seed=-1"])
+
+
+def test_robustness_profile_repeats_the_weak_clone_cells_over_expert_seeds():
+    """study-robustness: study-hopper-lunarlander's weak-clone settings and budgets, expert seeds
+    1 and 2, arms SPPO / PPO-GAE lambda 0.95 / lambda 1, 10 seeds, each expert seed its own
+    stage folders."""
+    from sppo_bench.control.runs import requested_config
+    from sppo_bench.core import get_estimator
+    from sppo_bench.orchestration.plan import plan_runs
+    from sppo_bench.orchestration.profile import load_profile
+
+    robust, existing = load_profile("study-robustness"), load_profile("study-hopper-lunarlander")
+    assert robust.tasks == existing.tasks and robust.seeds == 10
+    noise = {"hopper": 0.05, "lunarlander": 0.75}
+    cells = {}
+    for spec in plan_runs(robust, seeds=1):
+        _, cfg, _ = requested_config(spec.task, spec.algo, 0, None, spec.overrides, spec.variant)
+        assert cfg.clone.demo_noise == noise[spec.task]
+        assert spec.stage_key[1:] == (f"expert@{spec.variant.name}", f"clone@{spec.variant.name}")
+        lam = get_estimator(spec.algo).configured_params(cfg.rl.estimator_params).get("lam")
+        cells.setdefault((spec.task, cfg.expert.seed), set()).add((spec.algo, lam))
+    arms = {("sppo", None), ("ppo-gae", 0.95), ("ppo-gae", 1.0)}
+    assert cells == {(t, s): arms for t in noise for s in (1, 2)}
