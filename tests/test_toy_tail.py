@@ -194,3 +194,34 @@ def test_report_only_writes_the_tail_view(tmp_path):
     summary = json.loads((out / "toy_tail_localisation.json").read_text())
     assert summary["points"][0]["over_seeds"]["sppo_value_incorrect"]["mean"] == 0.3
     assert (out / "toy_tail_localisation.png").exists()
+
+
+def test_token_step_traces_on_real_models_match_the_token_value_traces():
+    """Same sampler seed: the same responses and values as ``token_value_traces``; line ends and
+    first wrong lines as the pure functions give them on each decoded response."""
+    import torch
+
+    from sppo_bench.core.critics import STEP
+    from sppo_bench.llm.data import load_problems
+    from sppo_bench.llm.models import build_critic, load_policy
+    from sppo_bench.llm.toy.probes import token_step_traces, token_value_traces
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    policy = load_policy("tiny:xs", tok, seed=0)
+    critic = build_critic(STEP, "tiny:xs", tok, "float32", 1)
+    problems = load_problems("toy:arithmetic/test", limit=3)
+
+    def reward(texts, golds):
+        return [float(t.endswith(f"\\boxed{{{g}}}")) for t, g in zip(texts, golds, strict=True)]
+
+    rows = token_step_traces(policy, critic, tok, problems, reward, 1.0, 12, seed=3)
+    plain = token_value_traces(policy, critic, tok, problems, reward, 1.0, 12, seed=3)
+    assert [r["values"] for r in rows] == [p["values"] for p in plain]
+    for row, problem in zip(rows, problems, strict=True):
+        assert (
+            row["id"] == problem.id and len(row["line_end_tokens"]) == row["text"].count("\n") + 1
+        )
+        assert all(0 <= t <= len(row["values"]) for t in row["line_end_tokens"])
+        reference = chain_of(problem.id).solution().split("\n")
+        assert row["first_wrong_step"] == first_wrong_step(reference, row["text"])
