@@ -126,12 +126,14 @@ def test_correct_windows_take_the_incorrect_step_mixture():
         _row(0.0, [0.5] * 33, ENDS, None),  # not located: counted, not windowed
         _row(0.0, [0.5] * 33, ENDS[:2], 2),  # its wrong line is missing: not located
         _row(1.0, ramp, ENDS, None),
+        _row(1.0, ramp, ENDS, 1),  # right box after a wrong line: a correct response all the same
     ]
     win = seed_windows(rows, k)
     assert win["step_weights"] == pytest.approx({0: 2 / 3, 2: 1 / 3})
     expected = [((2 * 6 + 22) / 3 + d) / 100 for d in range(-k, k + 1)]
     assert win["correct"] == pytest.approx(expected)
     assert (win["n_incorrect"], win["n_located"]) == (5, 3)
+    assert (win["n_correct"], win["n_correct_with_wrong_line"]) == (2, 1)
 
 
 def _probe(step, drop_size):

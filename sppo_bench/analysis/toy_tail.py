@@ -10,7 +10,9 @@ Windows, for offsets d in [-k, k]: w(d) = V(s_{t + d}) (NaN outside 0..T-1), wit
 - incorrect responses (R = 0) whose first wrong line j exists in the response: t = t_err = e_j, so
   d = 0 is the first state that has seen the whole wrong line (a wrong digit before the line's
   end is seen a few tokens earlier);
-- correct responses (R = 1): t = e_j for every line j they have. The reference curve is
+- correct responses (R = 1, including the few whose box is right after a wrong line, counted as
+  ``n_correct_with_wrong_line``: the critic is trained on R alone): t = e_j for every line j
+  they have. The reference curve is
   sum_j P(j) * mean_{correct with line j} w_j(d) / sum_j P(j), with P(j) the frequency of j
   among the incorrect responses and the sums over the j that some correct response has (and
   that are not NaN at d): the same mixture of line positions as the incorrect curve, each
@@ -104,6 +106,7 @@ def seed_windows(rows: list[dict], k: int = 8) -> dict:
         "n_incorrect": len(incorrect),
         "n_located": len(located),
         "n_correct": len(correct),
+        "n_correct_with_wrong_line": sum(r["first_wrong_step"] is not None for r in correct),
     }
 
 
@@ -122,7 +125,8 @@ def _mean_of(values: list[float]) -> float:
 def seed_numbers(gae_rows: list[dict], sppo_rows: list[dict] | None, k: int = 8) -> dict:
     """One seed's summary at one training point (module docstring), windows included."""
     win = seed_windows(gae_rows, k)
-    out = {key: win[key] for key in ("n_incorrect", "n_located", "n_correct")}
+    counts = ("n_incorrect", "n_located", "n_correct", "n_correct_with_wrong_line")
+    out = {key: win[key] for key in counts}
     out["step_weights"] = {str(j): p for j, p in win["step_weights"].items()}
     out["drop_incorrect"] = drop(win["incorrect"], k)
     out["drop_correct"] = drop(win["correct"], k)
@@ -211,7 +215,7 @@ def plot_tail(table: pd.DataFrame, summary: dict, path: str | Path) -> None:
         ax.set_title(f"{point['point']} (step {point['step']}): drop diff {did:+.3f}")
         ax.set_xlabel("d (tokens from the end of the first wrong line)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("token critic V(s_{t_err + d})")
+    axes[0].set_ylabel(r"token critic $V(s_{t_{err} + d})$")
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(
         "PPO-GAE critic around the first wrong line (correct: same line positions); "
