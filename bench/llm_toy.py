@@ -15,7 +15,11 @@ actor lr and one critic lr), the same seeds and the same budget of generated res
 (``--samples``); held-out Average@k on the toy's ``test`` split is measured every
 ``--eval-every`` responses (the warm start is step 0). After training, the PPO-GAE critic's
 V(s_t) is recorded on one sampled response per held-out prompt, and the SPPO critic's V(s_p) is
-compared with the empirical success of ``--calibration-k`` samples per prompt.
+compared with the empirical success of ``--calibration-k`` samples per prompt. At three points of
+training (the first evaluation, the one nearest the middle of the budget, the last) the critic
+methods also write ``tail_probe_step<N>.json``: PPO-GAE's V(s_t) on one sampled response per
+prompt with the token where each line ends and the first wrong line, SPPO's V(s_p) with one
+sampled response's reward; ``toy_tail_localisation.*`` reads them (``analysis.toy_tail``).
 
 Arms (``--algos``) are algorithm names, or ``grpo-eq-updates``: GRPO (N = 8) with the recipe's
 prompts per step and per mini-batch divided by N (256 -> 32 and 128 -> 16 prompts in the full
@@ -43,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sppo_bench.analysis import toy_critic, toy_report  # noqa: E402
+from sppo_bench.analysis import toy_critic, toy_report, toy_tail  # noqa: E402
 from sppo_bench.config import load_config  # noqa: E402
 from sppo_bench.core import get_estimator, valid_estimator_names  # noqa: E402
 from sppo_bench.errors import UserError  # noqa: E402
@@ -214,6 +218,8 @@ def run_one(base: LLMConfig, arm: str, seed: int, args, problems, reward_fn, war
             trainer.train(progress=False)
             steps, wall = trained_steps(run_dir)
             acc = evaluate(trainer.policy, trainer.tokenizer, problems, reward_fn, cfg, args.eval_k)
+            if target in tail_points(targets):  # before the curve row: a resume redoes both
+                tail_probe(trainer, cfg, problems, reward_fn, run_dir, target)
             curve.truncate_after("step", target - 1)
             updates = toy_report.policy_updates(
                 steps, per_step, rows_per_update, cfg.algo.epochs, actor_start
@@ -255,6 +261,63 @@ def run_one(base: LLMConfig, arm: str, seed: int, args, problems, reward_fn, war
         atomic_write_json(run_dir / "bench.json", done)
     finally:
         trainer.close()
+
+
+def tail_points(targets: list[int]) -> list[int]:
+    """The training steps probed for the tail view: the first evaluation target, the one nearest
+    the middle of the budget (the later of two equally near; not the first or last where
+    another exists) and the last."""
+    first, last = targets[0], targets[-1]
+    inner = [t for t in targets if t not in (first, last)] or targets
+    middle = min(inner, key=lambda t: (abs(2 * t - last), -t))
+    return sorted({first, middle, last})
+
+
+def tail_probe(trainer, cfg: LLMConfig, problems, reward_fn, run_dir: Path, step: int) -> None:
+    """Write ``run_dir/tail_probe_step<step>.json`` (atomically; kept if it exists): PPO-GAE's
+    ``token_step_traces``, or SPPO's V(s_p) with the reward of one sampled response per prompt
+    (same sampler seed); nothing for a critic-free run."""
+    path = run_dir / f"tail_probe_step{step}.json"
+    from sppo_bench.llm.toy.probes import sequence_calibration, token_step_traces
+
+    r, kind = cfg.rollout, trainer.spec.critic
+    if path.exists() or kind not in ("step", "sequence"):
+        return
+    if kind == "step":
+        rows = token_step_traces(
+            trainer.policy, trainer.critic, trainer.tokenizer, problems, reward_fn,
+            r.temperature, r.max_new_tokens, EVAL_SEED,
+        )  # fmt: skip
+    else:
+        rows = [
+            {"id": c["id"], "value": c["value"], "reward": c["success"]}
+            for c in sequence_calibration(
+                trainer.policy, trainer.critic, trainer.tokenizer, problems, reward_fn, 1,
+                r.temperature, r.max_new_tokens, EVAL_SEED,
+            )
+        ]  # fmt: skip
+    atomic_write_json(path, {"step": step, "critic": kind, "rows": rows})
+
+
+def tail_report(runs: Path, out: Path) -> None:
+    """``toy_tail_localisation.{csv,json,png}`` from the tail probes of every finished PPO-GAE
+    run (with SPPO's of the same seeds where finished); nothing when there are none."""
+    probes: dict[str, dict[int, list[dict]]] = {"ppo-gae": {}, "sppo": {}}
+    for algo, patterns in (("ppo-gae", ("gae-s*", "ppo-gae-s*")), ("sppo", ("sppo-s*",))):
+        for run_dir in sorted(d for pattern in patterns for d in runs.glob(pattern)):
+            files = list(run_dir.glob("tail_probe_step*.json"))
+            if (run_dir / "bench.json").exists() and files:
+                rows = sorted((json.loads(f.read_text()) for f in files), key=lambda p: p["step"])
+                probes[algo][int(run_dir.name.rsplit("-s", 1)[1])] = rows
+    if not probes["ppo-gae"]:
+        return
+    table, summary = toy_tail.tail_report(probes["ppo-gae"], probes["sppo"])
+    atomic_write_text(out / "toy_tail_localisation.csv", table.to_csv(index=False))
+    atomic_write_json(out / "toy_tail_localisation.json", summary)
+    toy_tail.plot_tail(table, summary, out / "toy_tail_localisation.png")
+    for point in summary["points"]:
+        over = {k: round(v["mean"], 4) for k, v in point["over_seeds"].items()}
+        print(f"tail view, {point['point']} (step {point['step']}): {json.dumps(over)}")
 
 
 def report(args, algos: list[str]) -> None:
@@ -303,6 +366,7 @@ def report(args, algos: list[str]) -> None:
             atomic_write_text(out / f"toy_calibration_bins_s{seed}.csv", binned.to_csv(index=False))
             toy_critic.plot_calibration(rows, out / f"toy_calibration_s{seed}.png")
             print(f"SPPO critic calibration (seed {seed}): {json.dumps(stats)}")
+    tail_report(args.runs, out)
     if len(calibration) > 1:
         summary = toy_critic.calibration_over_seeds(calibration)
         atomic_write_json(out / "toy_calibration_seeds.json", summary)

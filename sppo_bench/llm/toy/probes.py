@@ -4,6 +4,8 @@
   that the reward function accepts;
 - ``token_value_traces``: one sampled response per prompt with the token-level critic's V(s_t)
   for every response token and the response's reward (the data of the paper's Figure 1);
+- ``token_step_traces``: the same with the response's text, the token where each of its lines
+  ends and its first wrong line (``steps``), to see where V moves relative to an error;
 - ``sequence_calibration``: the SPPO critic's V(s_p) = sigmoid(v) per prompt against the
   empirical success rate of k sampled responses.
 
@@ -20,6 +22,7 @@ import torch
 from sppo_bench.core.critics import SEQUENCE, STEP
 from sppo_bench.llm.data import Problem, build_prompt
 from sppo_bench.llm.rollout import HFEngine, RolloutBatch
+from sppo_bench.llm.toy import steps
 from sppo_bench.llm.update import critic_predictions
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -63,6 +66,18 @@ def sampled_accuracy(
     return sum(rewards) / len(rewards)
 
 
+def _token_values(
+    policy, critic, tokenizer, problems, reward_fn, temperature, max_new_tokens, seed, micro
+) -> tuple[RolloutBatch, list[float], list[list[float]]]:
+    """One sample per prompt: (batch, rewards, per row V(s_0..s_{T-1}) over its real tokens)."""
+    batch = _sample(policy, tokenizer, problems, 1, temperature, max_new_tokens, seed)
+    rewards = _rewards(batch, problems, reward_fn)
+    values = critic_predictions(critic, STEP, batch, micro)
+    lengths = batch.response_mask.sum(dim=1).tolist()
+    rows = [[round(float(v), 5) for v in values[i, :n]] for i, n in enumerate(lengths)]
+    return batch, rewards, rows
+
+
 @torch.no_grad()
 def token_value_traces(
     policy,
@@ -79,14 +94,52 @@ def token_value_traces(
 
     V(s_t) is the token critic's value of the state before response token t (eos included).
     """
-    batch = _sample(policy, tokenizer, problems, 1, temperature, max_new_tokens, seed)
-    rewards = _rewards(batch, problems, reward_fn)
-    values = critic_predictions(critic, STEP, batch, micro_batch_size)
-    lengths = batch.response_mask.sum(dim=1).tolist()
-    return [
-        {"reward": r, "values": [round(float(v), 5) for v in values[i, :n]]}
-        for i, (r, n) in enumerate(zip(rewards, lengths, strict=True))
-    ]
+    _, rewards, values = _token_values(
+        policy, critic, tokenizer, problems, reward_fn, temperature, max_new_tokens, seed,
+        micro_batch_size,
+    )  # fmt: skip
+    return [{"reward": r, "values": v} for r, v in zip(rewards, values, strict=True)]
+
+
+@torch.no_grad()
+def token_step_traces(
+    policy,
+    critic,
+    tokenizer,
+    problems: Sequence[Problem],
+    reward_fn: RewardFn,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int = 0,
+    micro_batch_size: int = 64,
+) -> list[dict]:
+    """Per toy prompt, one sample: ``{"id", "reward", "text", "values": [V(s_t)] (T),
+    "line_end_tokens": per response line the first t whose state holds the whole line
+    (``steps.line_end_tokens``), "first_wrong_step": ``steps.first_wrong_step`` or None}``."""
+    batch, rewards, values = _token_values(
+        policy, critic, tokenizer, problems, reward_fn, temperature, max_new_tokens, seed,
+        micro_batch_size,
+    )  # fmt: skip
+    out = []
+    for i, (r, v) in enumerate(zip(rewards, values, strict=True)):
+        problem, text = problems[int(batch.prompt_index[i])], batch.texts[i]
+        ids = batch.response_ids[i, : len(v)].tolist()
+        ends = steps.line_end_tokens(
+            steps.token_end_offsets(tokenizer, ids), steps.line_end_offsets(text)
+        )
+        reference = steps.chain_of(problem.id).solution().split("\n")
+        wrong = steps.first_wrong_step(reference, text)
+        out.append(
+            {
+                "id": problem.id,
+                "reward": r,
+                "text": text,
+                "values": v,
+                "line_end_tokens": ends,
+                "first_wrong_step": wrong,
+            }
+        )
+    return out
 
 
 @torch.no_grad()
