@@ -174,3 +174,21 @@ def test_an_ad_hoc_warmup_variant_plans_for_every_algorithm_of_a_profile():
     for r in runs:
         spec = requested_config(r.task, r.algo, r.seed, r.episodes, r.overrides, r.variant)[1]
         assert spec.rl.critic_warmup_updates == (5 if r.algo in CRITIC_ALGOS else 0)
+
+
+def test_the_study_profile_declares_the_warmup_arms():
+    profile = load_profile("study-hopper-lunarlander")
+    runs = plan_runs(profile, seeds=1)
+    warm = {(r.task, r.label): r for r in runs if "warm" in r.label}
+    assert set(warm) == {
+        ("lunarlander", "ppo-gae@lam0.95-warm25"),
+        ("lunarlander", "sppo@warm25"),
+        ("hopper", "sppo@p0.05-warm25"),
+        ("hopper", "ppo-gae@p0.05-lam0.95-warm25"),
+    }
+    for (_, label), r in warm.items():
+        spec = requested_config(r.task, r.algo, r.seed, r.episodes, r.overrides, r.variant)[1]
+        assert spec.rl.critic_warmup_updates == 25
+        assert spec.clone.demo_noise == (0.05 if "p0.05" in label else 0.0)
+        if r.algo == "ppo-gae":
+            assert spec.rl.estimator_params["gae"]["lam"] == 0.95
