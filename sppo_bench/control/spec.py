@@ -121,7 +121,8 @@ class RLConfig(PPOConfig):
     to 2% and gradients by up to 5% (README, "Performance"). critic_warmup_updates: the first N
     updates fit the critic alone (fresh rollouts, the critic's loss, epochs and mini-batches; no
     policy step); they count in the episode budget. The control name of the LLM recipe's
-    ``critic.warmup_steps`` (an LLM step is one update here). Critic-free estimators ignore it.
+    ``critic.warmup_steps`` (an LLM step is one update here). A critic-free estimator's run
+    stores it as 0 (``runs.requested_spec``): one variant can name every algorithm of a profile.
     """
 
     RENAMED: ClassVar[dict[str, str]] = {"ent_coef": "entropy_coef"}
