@@ -2,8 +2,9 @@
 
 For every bug: copy the project (package, tests, task specs, recipes) to a temporary folder,
 apply one textual patch there (never to the working tree), run the tests against the copy and
-record which tests failed. A patch whose pattern no longer matches exactly once stops the script
-with an error naming the bug and file, so the list cannot silently go stale after a refactor.
+record which tests failed; the selected bugs' test files must first pass unpatched. A patch whose
+pattern no longer matches exactly once stops the script with an error naming the bug and file,
+so the list cannot silently go stale after a refactor.
 
     python bench/inject_bugs.py            # the test files relevant to each bug
     python bench/inject_bugs.py --full     # the whole fast suite for every bug
@@ -37,6 +38,7 @@ CONTROL_TESTS = (
 LLM_TESTS = ("tests/test_llm_update_wiring.py", "tests/test_llm_trainer.py", *SETTINGS_TESTS)
 STACK_TESTS = ("tests/test_seed_stack.py", "tests/test_fastmlp.py")
 SESSION_TESTS = ("tests/test_run_session.py", "tests/test_llm_trainer.py")
+WARMUP_TESTS = ("tests/test_critic_warmup.py",)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,13 @@ BUGS = (
         r"torch\.optim\.Adam\(self\.policy\.trainable\(\), lr=cfg\.lr\)",
         "torch.optim.Adam(self.policy.trainable())",
         CONTROL_TESTS,
+    ),
+    Bug(
+        "control-critic-warmup-ignored",  # the policy moves from the first update on
+        "sppo_bench/control/trainer.py",
+        r"warmup = self\.update_count < self\.spec\.rl\.critic_warmup_updates",
+        "warmup = False",
+        WARMUP_TESTS,
     ),
     Bug(
         "control-critic-never-steps",
@@ -258,14 +267,14 @@ def summarize(failed: list[str]) -> str:
     return ", ".join(f"{name} ({n})" for name, n in counts.items())
 
 
-def check(bug: Bug | None, full: bool) -> tuple[int, list[str], float]:
+def check(bug: Bug | None, full: bool, tests: tuple[str, ...] = ()) -> tuple[int, list[str], float]:
+    """Run ``bug``'s tests (or ``tests``; all with ``full``) on a patched copy (None: unpatched)."""
     with tempfile.TemporaryDirectory(prefix="inject_bugs_") as tmp:
         root = Path(tmp)
         copy_project(root)
         if bug is not None:
             apply(bug, root)
-        tests = () if full else (bug.tests if bug else CONTROL_TESTS + LLM_TESTS)
-        return run_tests(root, tests)
+        return run_tests(root, () if full else (bug.tests if bug else tests))
 
 
 def main() -> int:
@@ -273,12 +282,18 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="run the whole fast suite per bug")
     parser.add_argument("--only", nargs="*", help="bug names (default: all)")
     args = parser.parse_args()
+    unknown = sorted(set(args.only or ()) - {b.name for b in BUGS})
+    if unknown:
+        sys.exit(
+            f"inject_bugs: unknown bug {unknown[0]!r}; valid: {', '.join(b.name for b in BUGS)}"
+        )
     bugs = [b for b in BUGS if not args.only or b.name in args.only]
     with tempfile.TemporaryDirectory() as tmp:  # every patch must apply before anything runs
         copy_project(Path(tmp))
         for bug in bugs:
             apply(bug, Path(tmp))
-    code, failed, seconds = check(None, args.full)
+    chosen = tuple(dict.fromkeys(t for b in bugs for t in b.tests))  # the selected bugs' tests
+    code, failed, seconds = check(None, args.full, chosen)
     if code != 0:
         sys.exit(f"inject_bugs: the unpatched tests fail ({', '.join(failed)}); fix them first")
     print(f"unpatched: all pass ({seconds:.0f} s)")

@@ -89,11 +89,15 @@ class SavedRun:
 def resolved_config(
     spec: TaskSpec, algo: str, seed: int, variant: Variant | str | None = None
 ) -> dict[str, Any]:
-    """What ``config.yaml`` holds: algorithm, seed, the variant's name (only for a variant, so
-    that older runs' configs stay valid) and the full task spec."""
+    """What ``config.yaml`` holds: algorithm, seed, the variant's name and the full task spec.
+    Keys added after runs had been made are stored only where set (the variant's name, a non-zero
+    ``rl.critic_warmup_updates``), so older runs' configs and checkpoints stay valid."""
     name = variant if isinstance(variant, str | None) else variant.name
     named = {"variant": name} if name is not None else {}
-    return {"algo": algo, "seed": seed, **named, **to_dict(spec)}
+    config = {"algo": algo, "seed": seed, **named, **to_dict(spec)}
+    if not spec.rl.critic_warmup_updates:
+        del config["rl"]["critic_warmup_updates"]
+    return config
 
 
 def run_identity(config: dict[str, Any]) -> RunIdentity:
@@ -112,6 +116,8 @@ def requested_spec(
     spec = load_spec(task, all_overrides(overrides, variant))
     estimator.configured_params(spec.rl.estimator_params)
     compute_autocast(spec.rl.compute_dtype)
+    if estimator.critic_strategy is None:  # no critic to warm up: a profile-wide setting is a
+        spec.rl.critic_warmup_updates = 0  # no-op here (as the LLM track's critic.warmup_steps)
     if episodes is not None:
         spec.rl.episodes = episodes
     per_update = spec.rl.trajectories_per_update  # stored: the episodes whole updates train

@@ -124,7 +124,11 @@ class RLConfig(PPOConfig):
     passes in "float32" or "bfloat16" (the hand-written passes of ``control.fastmlp`` run their
     matmuls on bf16 copies with fp32 activations, gradients, master weights and Adam; rollouts
     stay fp32); bf16 was no faster than fp32 in the measured update here and moves losses by up
-    to 2% and gradients by up to 5% (README, "Performance").
+    to 2% and gradients by up to 5% (README, "Performance"). critic_warmup_updates: the first N
+    updates fit the critic alone (fresh rollouts, the critic's loss, epochs and mini-batches; no
+    policy step); they count in the episode budget. The control name of the LLM recipe's
+    ``critic.warmup_steps`` (an LLM step is one update here). A critic-free estimator's run
+    stores it as 0 (``runs.requested_spec``): one variant can name every algorithm of a profile.
     """
 
     RENAMED: ClassVar[dict[str, str]] = {"ent_coef": "entropy_coef"}
@@ -142,6 +146,7 @@ class RLConfig(PPOConfig):
     checkpoint_every: int = 5
     backend: str = "auto"
     compute_dtype: str = "float32"
+    critic_warmup_updates: int = 0
 
 
 def upgrade_stored_rl(rl: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +241,7 @@ SPEC_BOUNDS = {
     **{f"rl.{k}": at_least(1, MEMORY_CAP) for k in ("trajectories_per_update", "n_eval")},
     **{f"rl.{k}": at_least(1) for k in ("eval_every", "checkpoint_every")},
     "rl.group_size": at_least(2, MEMORY_CAP),
+    "rl.critic_warmup_updates": at_least(0),
     **ppo_bounds("rl"),
 }
 

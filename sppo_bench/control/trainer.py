@@ -177,9 +177,10 @@ class Trainer(SeedRollouts):
     def update(
         self, data: BatchTensors, generators: Sequence[torch.Generator]
     ) -> list[dict[str, float | None]]:
-        """One RL update of every seed's policy and critic on ``data`` (``[S, B, ...]``)."""
+        """One RL update of every seed on ``data`` (``[S, B, ...]``); critic-only in warm-up."""
         learner = Learner(self.policy, self.policy_opt, self.critic, self.critic_opt)
-        return ppo_update(learner, self.estimator, self.spec.rl, data, generators)
+        warmup = self.update_count < self.spec.rl.critic_warmup_updates
+        return ppo_update(learner, self.estimator, self.spec.rl, data, generators, warmup)
 
     def step(self, update: int) -> list[dict[str, Any]]:
         """Collect one batch of whole episodes per seed and update; returns each seed's row."""

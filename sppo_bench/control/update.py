@@ -281,12 +281,17 @@ def ppo_update(
     cfg: RLConfig,
     data: BatchTensors,
     generators: Sequence[torch.Generator],
+    critic_only: bool = False,
 ) -> list[dict[str, float | None]]:
     """Old outputs -> advantages (core estimator, per seed) -> critic and policy PPO epochs (core
     loop, per-seed losses) -> diagnostics. ``generators[s]`` shuffles seed s's mini-batches.
-    Returns each seed's row of update metrics (``None`` where there is no critic)."""
+    ``critic_only``: a critic warm-up update (``RLConfig.critic_warmup_updates``), the critic
+    phase alone: the policy, its optimiser state and its metrics (``None``) untouched; ignored
+    without a critic. Returns each seed's row of update metrics (``None`` where there is no
+    critic), with ``warmup`` (1: critic only, else 0) in a run that has a warm-up."""
     policy, critic = learner.policy, learner.critic
     strategy = estimator.critic_strategy if critic is not None else None
+    warmup = critic_only and strategy is not None  # no critic: nothing to warm up
     seeds = range(data.seeds)
     n_rows, steps = data.obs.shape[1], data.obs.shape[2]
     micro = max(1, ROWS_PER_PASS // (data.seeds * steps))  # episodes per seed per pass
@@ -322,21 +327,25 @@ def ppo_update(
                 stacked=data.seeds,
             )
         )
-    result.update(
-        stacked_policy_phase(
-            policy_step,
-            policy.trainable(),
-            learner.policy_opt,
-            schedule,
-            data.mask,
-            settings,
-            stacked=data.seeds,
+    if not warmup:
+        result.update(
+            stacked_policy_phase(
+                policy_step,
+                policy.trainable(),
+                learner.policy_opt,
+                schedule,
+                data.mask,
+                settings,
+                stacked=data.seeds,
+            )
         )
-    )
     rows = [{k: v[s] for k, v in result.items()} for s in seeds]
     if strategy is not None:
         for s in seeds:
             rows[s].update(strategy.diagnostics(old_critic[s], targets[s], data.mask[s]))
+    if cfg.critic_warmup_updates:  # the rows of a run without a warm-up as before it existed
+        for row in rows:
+            row["warmup"] = int(warmup)
     return rows
 
 
