@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     lines, projection = stack.per_task(table)
     table.write_csv(args.csv)
     print("\n".join(lines))
-    print(f"wrote {args.csv.relative_to(ROOT)}; benchmark took {time.perf_counter() - t0:.0f} s")
+    shown = args.csv.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    print(f"wrote {shown}; benchmark took {time.perf_counter() - t0:.0f} s")
     print(f"speedup_vs_sb3 {trainer_rates['ppo-gae'] / sb3_rate:.2f}  (one seed, same geometry)")
     # 10 seeds in one process against 10 sequential SB3 runs of the same geometry: SB3's
     # throughput per run is the same in every run, so the ratio of rates is the ratio of times
