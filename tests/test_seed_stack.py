@@ -89,6 +89,30 @@ def test_stacked_policy_computes_each_seeds_policy(discrete):
         assert torch.allclose(stacked_critic(obs)[k], critic(obs[k]), atol=1e-5)
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_actions_drawn_beforehand_or_by_mode_are_the_per_call_ones(discrete):
+    """The collector's shortcuts give the actions of plain ``act`` calls, bit for bit:
+    a categorical's uniforms drawn for a whole collection (``draw_uniforms``), and ``greedy``
+    given as a bool when every row agrees."""
+    torch.manual_seed(0)
+    stacked = StackedPolicy([Policy(4, discrete, 3, (16, 16), "tanh", -0.5) for _ in range(3)])
+    obs = torch.randn(6, 3, 5, 4)  # 6 calls of act on [S=3, N=5]
+
+    def generators():
+        return [torch.Generator().manual_seed(s) for s in range(3)]
+
+    every, none = torch.ones(3, 5, dtype=torch.bool), torch.zeros(3, 5, dtype=torch.bool)
+    plain_gens, ahead_gens = generators(), generators()
+    uniforms = StackedPolicy.draw_uniforms(ahead_gens, 6, 5) if discrete else None
+    assert not discrete or uniforms.shape == (3, 6, 5, 1)
+    for t in range(6):
+        plain = stacked.act(obs[t], none, plain_gens)
+        ahead = stacked.act(obs[t], False, ahead_gens, uniforms[:, t] if discrete else None)
+        assert torch.equal(plain, ahead)
+        assert torch.equal(stacked.act(obs[t], every, generators()), stacked.act(obs[t], True, []))
+    assert not torch.equal(stacked.act(obs[0], False, generators()), stacked.act(obs[0], True, []))
+
+
 def test_stacked_adam_holds_each_seeds_own_state():
     """Adam over stacked parameters, stepped on a sum of per-seed losses, moves each seed as an
     Adam of that seed alone does, and its state slices to (and stacks from) the single format."""

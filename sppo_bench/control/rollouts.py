@@ -11,6 +11,7 @@ evaluation); other seeds never touch these streams.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -65,13 +66,20 @@ class SeedRollouts:
     ) -> EpisodeBatch:
         """One episode per start state ``starts [S, N]`` (``greedy [S, N]``), seed-major rows."""
         generators = [step_generator(seed, update, stream) for seed in self.seeds]
-        greedy_t = torch.as_tensor(greedy)
-        s = len(self.seeds)
+        s, n = starts.shape
+        mode: torch.Tensor | bool = torch.as_tensor(greedy)  # a bool where every row agrees
+        if greedy.all() or not greedy.any():
+            mode = bool(greedy.all())
+        uniforms = None
+        if self.policy.discrete and mode is not True:  # the whole collection's draws at once
+            uniforms = self.policy.draw_uniforms(generators, self.horizon, n)
+        calls = itertools.count()
 
         def act(obs: np.ndarray) -> np.ndarray:
-            obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
-            actions = self.policy.act(obs_t.reshape(s, -1, obs_t.shape[-1]), greedy_t, generators)
-            return actions.flatten(0, 1).numpy()
+            obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(s, n, -1)
+            t = next(calls)
+            draws = None if uniforms is None else uniforms[:, t]
+            return self.policy.act(obs_t, mode, generators, draws).flatten(0, 1).numpy()
 
         return collect_episodes(venv, act, starts.reshape(-1), self.horizon)
 

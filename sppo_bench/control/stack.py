@@ -121,19 +121,39 @@ class StackedPolicy(_StackedNormalized):
         return gaussian_log_prob_entropy(out, actions, log_std)
 
     @torch.no_grad()
-    def act(self, obs: Tensor, greedy: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
-        """Actions for ``obs [S, N, d]``: greedy where ``greedy [S, N]``, else sampled with seed
-        s's generator exactly as ``Policy.act`` samples (same draws, same order)."""
+    def act(
+        self,
+        obs: Tensor,
+        greedy: Tensor | bool,
+        generators: Sequence[torch.Generator],
+        uniforms: Tensor | None = None,
+    ) -> Tensor:
+        """Actions for ``obs [S, N, d]``: greedy where ``greedy [S, N]`` (or a bool for every
+        row), else sampled with seed s's generator exactly as ``Policy.act`` samples (same draws,
+        same order). ``uniforms [S, N, 1]``: a categorical's draws of this call, taken beforehand
+        with ``draw_uniforms`` (the same numbers); drawn here when None."""
         out = self(obs)
+        if greedy is True:
+            return out.argmax(-1) if self.discrete else out
         n = out.shape[1]
         if self.discrete:
             probs = torch.softmax(out, dim=-1)
-            u = torch.stack([torch.rand(n, 1, generator=g) for g in generators])
-            sampled = (probs.cumsum(-1) < u).sum(-1).clamp_max(out.shape[-1] - 1)
-            return torch.where(greedy, out.argmax(-1), sampled)
+            if uniforms is None:
+                uniforms = torch.stack([torch.rand(n, 1, generator=g) for g in generators])
+            sampled = (probs.cumsum(-1) < uniforms).sum(-1).clamp_max(out.shape[-1] - 1)
+            return sampled if greedy is False else torch.where(greedy, out.argmax(-1), sampled)
         noise = torch.stack([torch.randn(out.shape[1:], generator=g) for g in generators])
-        noise = noise * self._seed_view(self.log_std, out).exp()
-        return torch.where(greedy.unsqueeze(-1), out, out + noise)
+        sampled = out + noise * self._seed_view(self.log_std, out).exp()
+        return sampled if greedy is False else torch.where(greedy.unsqueeze(-1), out, sampled)
+
+    @staticmethod
+    def draw_uniforms(generators: Sequence[torch.Generator], calls: int, n: int) -> Tensor:
+        """The categorical draws of ``calls`` calls of ``act`` on ``n`` rows, at once:
+        ``[S, calls, N, 1]``, slice ``[:, t]`` being call t's. A CPU generator's uniforms come
+        out one by one in order, so ``torch.rand(calls, n, 1)`` holds the numbers that ``calls``
+        calls of ``torch.rand(n, 1)`` draw (``tests/test_stack.py``). A Gaussian's draws depend
+        on each call's size (torch's normal sampler works in blocks of 16) and stay per call."""
+        return torch.stack([torch.rand(calls, n, 1, generator=g) for g in generators])
 
     def seed_state(self, s: int) -> dict[str, Tensor]:
         """Seed s's parameters as a ``Policy.state_dict()``."""
