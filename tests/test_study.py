@@ -13,8 +13,9 @@ from sppo_bench.cli import main
 BUDGET = 160
 
 
-def _run(root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3):
-    """A finished MountainCar run: evaluation success ``curve`` at episodes 0, 40, 80, ..."""
+def _run(root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3, expert=None):
+    """A finished MountainCar run: evaluation success ``curve`` at episodes 0, 40, 80, ...
+    (``expert``: the config's expert.seed; None: a config from before the field)."""
     folder = root / "control" / "mountaincar" / f"{algo}@{variant}" / f"seed{seed}"
     folder.mkdir(parents=True)
     params = {} if lam is None else {"ppo-gae": {"lam": lam}}
@@ -26,6 +27,8 @@ def _run(root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3):
         "clone": {"demo_noise": noise},
         "rl": {"episodes": BUDGET, "critic_lr": critic_lr, "estimator_params": params},
     }
+    if expert is not None:
+        config["expert"] = {"seed": expert}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     rows = [
         {"update": u, "episodes": 40 * u, "wall_time": u, "eval/success_stochastic": s}
@@ -75,6 +78,40 @@ def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):
     cells = np.loadtxt(out / "phase_mountaincar.csv", delimiter=",", skiprows=1, usecols=2)
     assert sorted(cells) == [0.95, 0.95, 1.0]
     assert (out / "study_runs_mountaincar.csv").read_text().count("\n") == 1 + 14
+
+
+def test_cells_from_other_experts_are_compared_apart_and_their_spread_reported(study, tmp_path):
+    """Expert seed 0 (the fixture: configs without the field), 1 and 3: each cell compares
+    PPO-GAE with SPPO of the same expert; the spread row holds one difference per expert, the
+    SD between the experts' means beside the SD between seeds, and the verdict."""
+    from sppo_bench.analysis.study import stage_spread
+
+    solved, stuck = [0.0, 0.9, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]
+    for seed in range(3):
+        _run(study, "sppo", "e1-p0.99", seed, 0.99, solved, expert=1)
+        _run(study, "ppo-gae", "e1-p0.99-lam0.95", seed, 0.99, stuck, 0.95, expert=1)
+        _run(study, "sppo", "e3-p0.99", seed, 0.99, [stuck, solved, solved][seed], expert=3)
+        _run(study, "ppo-gae", "e3-p0.99-lam0.95", seed, 0.99, stuck, 0.95, expert=3)
+    runs = study_runs(study, "mountaincar", threshold=0.8, final_evals=1)
+    table = phase_table(runs)
+    hard = table[(table["lam"] == 0.95) & (table["clone"] == 0.99)].set_index("expert_seed")
+    assert sorted(hard.index) == [0, 1, 3] and (hard["n"] == 3).all()
+    assert hard.loc[1, "final_diff"] == pytest.approx(-1.0)  # 0, 0, 0 against 1, 1, 1
+    assert hard.loc[3, "final_diff"] == pytest.approx(-2 / 3)
+    spread = stage_spread(runs, table).set_index(["algo", "lam", "clone"])
+    assert len(spread) == 1  # the only cell run from several experts
+    row = spread.loc[("ppo-gae", 0.95, 0.99)]
+    assert row["stages"] == "expert 0; expert 1; expert 3"
+    assert row["finals"] == "0.30; 0.00; 0.00" and row["finals_base"] == "1.00; 1.00; 0.67"
+    assert row["between_sd_base"] == pytest.approx(np.std([1, 1, 2 / 3], ddof=1))
+    # PPO-GAE's seeds: 0, 0, 0.9 at expert 0 (variance 0.27), all 0 at experts 1 and 3
+    assert row["within_sd"] == pytest.approx(np.sqrt(0.27 / 3))
+    assert row["min_diff"] == pytest.approx(-1.0) and row["max_diff"] == pytest.approx(-2 / 3)
+    # expert 3's interval: SPPO 0 / 1 / 1 resampled can give 0, so it holds 0
+    assert row["verdict"] == "differs between stages"
+    out = tmp_path / "out"
+    assert main(["plot", "phase", "--runs-dir", str(study), "--out", str(out)]) == 0
+    assert (out / "spread_mountaincar.csv").read_text().count("\n") == 2
 
 
 def test_learning_curves_share_one_time_unit_per_axis(tmp_path, monkeypatch):

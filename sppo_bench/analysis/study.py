@@ -2,9 +2,11 @@
 
 Every finished run of a task is placed by what its stored ``config.yaml`` says (not by its folder
 name): its algorithm, PPO-GAE's effective lambda (the estimator's default where the config does
-not set it), the clone-strength setting ``CLONE_KEY`` and the critic learning rate. A *cell* is
-one (lambda, clone strength, critic lr) triple; its PPO-GAE runs are compared with the SPPO runs
-of the same clone strength and critic learning rate (SPPO has no lambda):
+not set it), the clone-strength setting ``CLONE_KEY``, the critic learning rate, and the stages it
+started from (``expert.seed``, ``clone.seed``: another seed is another expert or clone). A *cell*
+is one (lambda, clone strength, critic lr, expert seed, clone seed); its PPO-GAE runs are compared
+with the SPPO runs of the same clone strength, critic learning rate and stages (SPPO has no
+lambda):
 
 - final success (stochastic evaluation, mean of the last ``final_evals`` evaluation points):
   difference of means, PPO-GAE minus SPPO, with a 95% percentile bootstrap interval (runs of
@@ -14,8 +16,10 @@ of the same clone strength and critic learning rate (SPPO has no lambda):
   the same bootstrap.
 
 PPO-BCE (a per-step critic trained with BCE, GAE over it) is placed the same way. ``phase_table``
-gives one row per (algorithm, lambda, clone strength) cell; ``plot_phase`` draws the two
-differences as heat maps, each cell annotated with its interval and run counts.
+gives one row per cell; ``plot_phase`` draws the two differences as heat maps, each cell annotated
+with its interval and run counts. ``stage_spread`` puts, for a cell repeated from several experts
+or clones, the spread between them beside the spread between seeds, and says whether the
+difference to SPPO holds across them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sppo_bench.errors import UserError
 
 CLONE_KEY = "clone.demo_noise"  # the clone-strength knob (envs/*.yaml)
 LAMBDA = "lam"
+STAGES = ["expert_seed", "clone_seed"]  # which expert and clone a run started from
 
 
 def _dotted(config: dict, key: str) -> object:
@@ -52,8 +57,9 @@ def study_runs(
     clone_key: str = CLONE_KEY,
 ) -> pd.DataFrame:
     """One row per finished run of ``task``: algo, seed, lam (PPO-GAE; NaN otherwise), clone
-    (the ``clone_key`` setting), critic_lr, final success, episodes to ``threshold`` (NaN: not
-    reached) and the run's episode budget."""
+    (the ``clone_key`` setting), critic_lr, expert_seed and clone_seed (0 where the config
+    predates them), final success, episodes to ``threshold`` (NaN: not reached) and the run's
+    episode budget."""
     rows = []
     for run in discover_runs(runs_dir, [task], finished_only=True):
         config = run.config
@@ -73,6 +79,8 @@ def study_runs(
                 "lam": lam,
                 "clone": np.nan if clone is None else float(clone),
                 "critic_lr": rl.get("critic_lr"),
+                "expert_seed": int(_dotted(config, "expert.seed") or 0),
+                "clone_seed": int(_dotted(config, "clone.seed") or 0),
                 "final": run.final_success(last=final_evals),
                 "to_threshold": episodes_to_threshold(
                     curve["episodes"].to_numpy(), curve["success"].to_numpy(), threshold
@@ -106,16 +114,19 @@ def _equal(column: pd.Series, value: object) -> pd.Series:
 def phase_table(
     runs: pd.DataFrame, algos: tuple[str, ...] = ("ppo-gae", "ppo-bce"), baseline: str = "sppo"
 ) -> pd.DataFrame:
-    """One row per (algo, lam, clone, critic_lr) cell of the ``algos`` runs that has ``baseline``
-    runs of the same clone strength and critic learning rate: run counts, means and the two
-    differences with their intervals (columns ``n``, ``n_base``, ``final``, ``final_base``,
-    ``reached``, ``reached_base``)."""
+    """One row per (algo, lam, clone, critic_lr, expert_seed, clone_seed) cell of the ``algos``
+    runs that has ``baseline`` runs of the same clone strength, critic learning rate and stages:
+    run counts, means and the two differences with their intervals (columns ``n``, ``n_base``,
+    ``final``, ``final_base``, ``reached``, ``reached_base``)."""
     cells = []
     base = runs[runs["algo"] == baseline]
     test = runs[runs["algo"].isin(algos)]
-    keys = ["algo", "lam", "clone", "critic_lr"]
-    for (algo, lam, clone, critic_lr), group in test.groupby(keys, dropna=False):
-        ref = base[_equal(base["clone"], clone) & _equal(base["critic_lr"], critic_lr)]
+    keys = ["algo", "lam", "clone", "critic_lr", *STAGES]
+    for (algo, lam, clone, critic_lr, expert, clone_seed), group in test.groupby(
+        keys, dropna=False
+    ):
+        same = _equal(base["clone"], clone) & _equal(base["critic_lr"], critic_lr)
+        ref = base[same & base["expert_seed"].eq(expert) & base["clone_seed"].eq(clone_seed)]
         if ref.empty:
             continue
         x_final, y_final = group["final"].to_numpy(float), ref["final"].to_numpy(float)
@@ -130,6 +141,8 @@ def phase_table(
                 "lam": lam,
                 "clone": clone,
                 "critic_lr": critic_lr,
+                "expert_seed": int(expert),
+                "clone_seed": int(clone_seed),
                 "n": len(group),
                 "n_base": len(ref),
                 "final": float(x_final.mean()),
@@ -155,13 +168,94 @@ def _reached_ci(runs: pd.DataFrame, suffix: str) -> dict[str, float]:
     return {f"reached{suffix}_lo": lo, f"reached{suffix}_hi": hi}
 
 
+def _stage(row: pd.Series) -> str:
+    """A cell's stages as text: ``expert 1`` (clone seed 0), ``expert 1, clone 2``."""
+    clone = f", clone {row['clone_seed']}" if row["clone_seed"] else ""
+    return f"expert {row['expert_seed']}{clone}"
+
+
+def _pooled_sd(runs: pd.DataFrame, algo: str, lam: float, stages: pd.DataFrame) -> float:
+    """The seed-to-seed SD of ``algo`` (at ``lam``) within each of ``stages``' rows, pooled
+    (the root of the mean within-stage variance, ddof 1)."""
+    variances = []
+    for _, row in stages.iterrows():
+        cell = runs[
+            runs["algo"].eq(algo)
+            & _equal(runs["lam"], lam)
+            & _equal(runs["clone"], row["clone"])
+            & _equal(runs["critic_lr"], row["critic_lr"])
+            & runs["expert_seed"].eq(row["expert_seed"])
+            & runs["clone_seed"].eq(row["clone_seed"])
+        ]["final"]
+        if len(cell) > 1:
+            variances.append(float(cell.var(ddof=1)))
+    return float(np.sqrt(np.mean(variances))) if variances else float("nan")
+
+
+def stage_spread(runs: pd.DataFrame, table: pd.DataFrame, baseline: str = "sppo") -> pd.DataFrame:
+    """For every cell of ``table`` (``phase_table(runs)``) run from two or more stages (experts or
+    clones), one row per (algo, lam, clone, critic_lr):
+
+    - ``stages`` and ``final_diffs``: each stage's difference to SPPO with its interval;
+    - ``between_sd`` / ``between_sd_base``: the SD (ddof 1) of the stages' mean final success,
+      the arm's and SPPO's, beside ``within_sd`` / ``within_sd_base``: the seed-to-seed SD within
+      a stage, pooled;
+    - ``mean_diff``, ``min_diff``, ``max_diff``: the stage differences' mean and range;
+    - ``verdict``: ``worse at every stage`` / ``better at every stage`` where every stage's
+      interval excludes 0 on one side, ``separable at no stage`` where every one holds 0, else
+      ``differs between stages``.
+    """
+    rows = []
+    keys = ["task", "algo", "lam", "clone", "critic_lr"]
+    for (task, algo, lam, clone, critic_lr), cells in table.groupby(keys, dropna=False):
+        if len(cells) < 2:
+            continue
+        cells = cells.sort_values(STAGES)
+        diffs = cells["final_diff"].to_numpy(float)
+        if (cells["final_diff_hi"] < 0).all():
+            verdict = "worse at every stage"
+        elif (cells["final_diff_lo"] > 0).all():
+            verdict = "better at every stage"
+        elif ((cells["final_diff_lo"] <= 0) & (cells["final_diff_hi"] >= 0)).all():
+            verdict = "separable at no stage"
+        else:
+            verdict = "differs between stages"
+        rows.append(
+            {
+                "task": task,
+                "algo": algo,
+                "lam": lam,
+                "clone": clone,
+                "critic_lr": critic_lr,
+                "stages": "; ".join(_stage(r) for _, r in cells.iterrows()),
+                "n": "; ".join(f"{r['n']}/{r['n_base']}" for _, r in cells.iterrows()),
+                "finals": "; ".join(f"{x:.2f}" for x in cells["final"]),
+                "finals_base": "; ".join(f"{x:.2f}" for x in cells["final_base"]),
+                "final_diffs": "; ".join(
+                    f"{r['final_diff']:+.2f} [{r['final_diff_lo']:+.2f}, {r['final_diff_hi']:+.2f}]"
+                    for _, r in cells.iterrows()
+                ),
+                "between_sd": float(cells["final"].std(ddof=1)),
+                "within_sd": _pooled_sd(runs, algo, lam, cells),
+                "between_sd_base": float(cells["final_base"].std(ddof=1)),
+                "within_sd_base": _pooled_sd(runs, baseline, np.nan, cells),
+                "mean_diff": float(diffs.mean()),
+                "min_diff": float(diffs.min()),
+                "max_diff": float(diffs.max()),
+                "verdict": verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 NAMES = {"ppo-gae": "PPO-GAE", "ppo-bce": "PPO-BCE", "sppo": "SPPO"}
 
 
 def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
     """Two heat maps (final-success difference, episodes-to-threshold difference): rows are
-    (algorithm, lambda), columns the clone's demo noise p (higher: weaker clone); red where the
-    algorithm does worse than SPPO. Cells carry the difference, its interval and run counts."""
+    (algorithm, lambda), columns the clone's demo noise p (higher: weaker clone), one per expert
+    and clone seed where the table has several; red where the algorithm does worse than SPPO.
+    Cells carry the difference, its interval and run counts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,18 +263,21 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
 
     rows = sorted(set(zip(table["algo"], table["lam"], table["critic_lr"], strict=True)))
     several_lrs = len({r[2] for r in rows}) > 1
-    clones = sorted(table["clone"].dropna().unique()) or [np.nan]
-    fig, axes = plt.subplots(1, 2, figsize=(5 + 2.2 * len(clones), 1.6 + 1.0 * len(rows)))
+    stage_pairs = zip(table["expert_seed"], table["clone_seed"], strict=True)
+    columns = sorted(set(zip(table["clone"].fillna(-1.0), stage_pairs, strict=True)))
+    several_stages = len({stages for _, stages in columns}) > 1
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 2.2 * len(columns), 1.6 + 1.0 * len(rows)))
     panels: Sequence[tuple[str, str, str, int]] = (
         ("final_diff", "final success minus SPPO's", "RdBu", 2),
         ("episodes_diff", "episodes to threshold minus SPPO's", "RdBu_r", 0),
     )
     for ax, (key, label, cmap, digits) in zip(axes, panels, strict=True):
-        grid = np.full((len(rows), len(clones)), np.nan)
-        notes = [["" for _ in clones] for _ in rows]
+        grid = np.full((len(rows), len(columns)), np.nan)
+        notes = [["" for _ in columns] for _ in rows]
         for _, row in table.iterrows():
             i = rows.index((row["algo"], row["lam"], row["critic_lr"]))
-            j = 0 if pd.isna(row["clone"]) else clones.index(row["clone"])
+            clone = -1.0 if pd.isna(row["clone"]) else row["clone"]
+            j = columns.index((clone, (row["expert_seed"], row["clone_seed"])))
             grid[i, j] = row[key]
             notes[i][j] = (
                 f"{row[key]:+.{digits}f}\n[{row[key + '_lo']:+.{digits}f}, "
@@ -189,11 +286,16 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
         bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
         image = ax.imshow(grid, cmap=cmap, vmin=-bound or -1, vmax=bound or 1, aspect="auto")
         for i in range(len(rows)):
-            for j in range(len(clones)):
+            for j in range(len(columns)):
                 if notes[i][j]:
                     box = {"facecolor": "white", "alpha": 0.7, "linewidth": 0}
                     ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, bbox=box)
-        ax.set_xticks(range(len(clones)), [f"{c:g}" for c in clones])
+        ticks = [
+            ("" if clone < 0 else f"{clone:g}")
+            + (f"\nexpert {e}" + (f", clone {c}" if c else "") if several_stages else "")
+            for clone, (e, c) in columns
+        ]
+        ax.set_xticks(range(len(columns)), ticks)
         names = [
             f"{NAMES.get(a, a)} λ={lam:g}" + (f", critic lr {lr:g}" if several_lrs else "")
             for a, lam, lr in rows

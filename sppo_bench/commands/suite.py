@@ -283,9 +283,10 @@ def draw_phase(
     runs_dir: Path, out_dir: Path, tasks: list[str] | None, threshold: float | None
 ) -> list[Path]:
     """Per task: the study's runs table, its PPO-GAE-minus-SPPO cells and their phase diagram
-    (``sppo_bench.analysis.study``), finished runs only."""
+    (``sppo_bench.analysis.study``), and where a cell ran from several experts or clones, their
+    spread (``spread_<task>.csv``); finished runs only."""
     from sppo_bench.analysis.runs import discover_runs
-    from sppo_bench.analysis.study import phase_table, plot_phase, study_runs
+    from sppo_bench.analysis.study import phase_table, plot_phase, stage_spread, study_runs
     from sppo_bench.io import atomic_write_text
 
     level = 0.8 if threshold is None else threshold
@@ -298,6 +299,9 @@ def draw_phase(
             raise UserError(f"{task}: no PPO-GAE runs with SPPO runs of the same clone strength")
         atomic_write_text(out_dir / f"study_runs_{task}.csv", runs.to_csv(index=False))
         atomic_write_text(out_dir / f"phase_{task}.csv", table.to_csv(index=False))
+        spread = stage_spread(runs, table)
+        if not spread.empty:
+            atomic_write_text(out_dir / f"spread_{task}.csv", spread.to_csv(index=False))
         title = (
             f"{task}: against SPPO at the same clone (threshold {level:g}; n = runs / SPPO runs)"
         )
