@@ -13,7 +13,7 @@ from sppo_bench.control import rules
 from sppo_bench.control.collector import collect_episodes
 from sppo_bench.control.envs import EpisodeVectorEnv, make_vector_env, resolve_backend
 from sppo_bench.control.spec import load_spec
-from sppo_bench.control.tasks import TASKS, get_task
+from sppo_bench.control.tasks import TASKS, RangeCheckedDiscrete, get_task
 from sppo_bench.errors import UserError
 
 HORIZONS = {
@@ -174,6 +174,27 @@ def test_continuous_actions_are_clipped():
     env.unwrapped.state = np.array([0.0, 0.0])
     env.step(np.array([100.0], dtype=np.float32))
     assert env.unwrapped.last_u == pytest.approx(2.0)
+
+
+def test_range_checked_discrete_answers_as_discrete_and_lunarlander_steps_as_gymnasium():
+    """The faster membership test gives ``Discrete.contains``'s answer for every kind of value,
+    and a LunarLander task (which uses it) steps exactly as Gymnasium's own LunarLander."""
+    plain, fast = gym.spaces.Discrete(4, start=1), gym.spaces.Discrete(4, start=1)
+    fast.__class__ = RangeCheckedDiscrete
+    values = [-1, 0, 1, 4, 5, 2**70, True, 2.0, "1", np.int64(2), np.int32(7), np.array(3)]
+    assert [fast.contains(v) for v in values] == [plain.contains(v) for v in values]
+    task = get_task("lunarlander").cls()
+    assert type(task.env.unwrapped.action_space) is RangeCheckedDiscrete
+    base = gym.make("LunarLander-v3").unwrapped
+    assert type(base.action_space) is gym.spaces.Discrete
+    obs, _ = task.reset(seed=3)
+    ref, _ = base.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        assert np.array_equal(obs, ref)
+        action = int(rng.integers(4))
+        obs, *_ = task.step(action)
+        ref, *_ = base.step(action)
 
 
 def test_vector_env_seeds_and_backends():
