@@ -209,6 +209,27 @@ BUGS = (
         LLM_TESTS,
     ),
     Bug(
+        "control-collection-draws-misaligned",  # every step sampled with the first step's draws
+        "sppo_bench/control/rollouts.py",
+        r"uniforms\[:, t\]",
+        "uniforms[:, 0]",
+        (*STACK_TESTS, "tests/test_control_pipeline.py"),
+    ),
+    Bug(
+        "discrete-range-check-off-by-one",
+        "sppo_bench/control/tasks.py",
+        r"self\.start <= x < self\.start \+ self\.n",
+        "self.start <= x <= self.start + self.n",
+        ("tests/test_control_tasks.py",),
+    ),
+    Bug(
+        "study-pools-experts",  # PPO-GAE of one expert compared with SPPO of every expert
+        "sppo_bench/analysis/study.py",
+        r"ref = base\[same & base\[\"expert_seed\"\]\.eq\(expert\) & .*\]",
+        "ref = base[same]",
+        ("tests/test_study.py",),
+    ),
+    Bug(
         "sb3-unseeded-shuffle",  # the SB3 class's mini-batches drawn from torch's global stream
         "sppo_bench/sb3/algorithm.py",
         r"th\.randperm\(n_rows, generator=self\._shuffle\)",

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from sppo_bench.control.cloning import build_policy, save_policy
+from sppo_bench.control.cloning import build_policy, load_policy, save_policy
+from sppo_bench.control.envs import make_vector_env
+from sppo_bench.control.evaluation import rollout
 from sppo_bench.control.policies import Policy, ValueNet
+from sppo_bench.control.rollouts import ROLLOUT_STREAM
 from sppo_bench.control.spec import load_spec
 from sppo_bench.control.stack import (
     StackedPolicy,
@@ -23,7 +26,7 @@ from sppo_bench.control.stack import (
     stack_optimizer_states,
 )
 from sppo_bench.control.trainer import Trainer, train_run, train_seeds
-from sppo_bench.core.ppo import clip_grad_norm_per_seed
+from sppo_bench.core.ppo import clip_grad_norm_per_seed, step_generator
 from sppo_bench.errors import DivergedError, UserError
 
 TINY = ["rl.trajectories_per_update=4", "rl.group_size=2", "rl.n_eval=3", "rl.eval_every=2"]
@@ -111,6 +114,45 @@ def test_actions_drawn_beforehand_or_by_mode_are_the_per_call_ones(discrete):
         assert torch.equal(plain, ahead)
         assert torch.equal(stacked.act(obs[t], every, generators()), stacked.act(obs[t], True, []))
     assert not torch.equal(stacked.act(obs[0], False, generators()), stacked.act(obs[0], True, []))
+
+
+@pytest.mark.parametrize(
+    "task, greedy_every, compared_steps",
+    [
+        ("mountaincar", 0, None),  # sampled rows only: the draws taken ahead
+        ("cartpole", 2, None),  # every other row greedy (ReMax's rows)
+        ("pendulum", 0, 10),  # Gaussian noise drawn per call; chaotic later (see below)
+    ],
+)
+def test_collection_samples_as_each_seeds_policy_stepped_call_by_call(
+    tmp_path, task, greedy_every, compared_steps
+):
+    """The trainer's collection (a categorical's draws taken for the whole collection at once,
+    ``greedy`` passed as a bool where every row agrees) gives the actions of each seed's own
+    ``Policy`` stepped call by call with that seed's generator."""
+    _clone(tmp_path, task)
+    spec = load_spec(task, TINY)
+    clone = tmp_path / "control" / task / "clone" / "policy.pt"
+    seeds = [0, 5]
+    trainer = Trainer(spec, "sppo", seeds, [tmp_path / f"seed{k}" for k in seeds], clone)
+    starts, _ = trainer.start_states(1)
+    greedy = np.zeros_like(starts, dtype=bool)
+    if greedy_every:
+        greedy[:, ::greedy_every] = True
+    got = trainer.collect(trainer.train_env, starts, greedy, ROLLOUT_STREAM, 1)
+    n = starts.shape[1]
+    for k, seed in enumerate(seeds):
+        env = make_vector_env(spec.info, n, spec.rl.backend)
+        generator = step_generator(seed, 1, ROLLOUT_STREAM)
+        ref = rollout(env, load_policy(clone, spec), starts[k], spec.horizon, greedy[k], generator)
+        mine = got.select(np.arange(k * n, (k + 1) * n))
+        if compared_steps is None:
+            assert np.array_equal(mine.lengths, ref.lengths)
+            assert np.array_equal(mine.actions, ref.actions)
+        else:
+            steps = slice(0, compared_steps)
+            assert np.allclose(mine.actions[:, steps], ref.actions[:, steps], atol=1e-5)
+    trainer.close()
 
 
 def test_stacked_adam_holds_each_seeds_own_state():
