@@ -27,6 +27,7 @@ SPECS = [
 ]
 STAGES = ("expert", "clone", "clone@noisy")
 SHIPPED = Path(__file__).resolve().parents[1] / "results/control/study/stages/mountaincar-p0.99"
+SHIPPED_HOPPER = SHIPPED.parent / "hopper-p0.05-experts"
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -169,3 +170,24 @@ def test_shipped_mountaincar_stages_pass_the_check(profile, tmp_path):
         )
         key = "success_rate" if folder == "expert" else "success_stochastic"
         assert summary[key] == (1.0 if folder == "expert" else 0.0)
+
+
+def test_shipped_hopper_expert_stages_pass_the_check(tmp_path):
+    """study-robustness's Hopper cells from expert seeds 1 and 3 take every stage folder they
+    need from the shipped ones (settings match, nothing trained); the experts succeeded in all
+    their evaluation episodes and the clones start where the README says."""
+    variants = ["e1-p0.05", "e1-p0.05-lam0.95", "e3-p0.05", "e3-p0.05-lam0.95"]
+    specs = plan_runs(load_profile("study-robustness"), seeds=1, variants=variants)
+    imports = plan_stage_imports(specs, tmp_path / "runs", SHIPPED_HOPPER)
+    folders = {f"{stage}@{v}" for stage in ("expert", "clone") for v in variants}
+    assert {folder for _, folder in imports} == folders
+    assert {item.action for item in imports.values()} == {COPY}
+    assert not (tmp_path / "runs").exists()
+    start = {"e1": (0.62, 0.84), "e3": (0.94, 1.0)}  # stochastic, deterministic
+    for v in variants:
+        stage = SHIPPED_HOPPER / "control/hopper"
+        expert = json.loads((stage / f"expert@{v}" / "summary.json").read_text())
+        clone = json.loads((stage / f"clone@{v}" / "summary.json").read_text())
+        assert expert["success_rate"] == 1.0
+        got = (clone["success_stochastic"], clone["success_deterministic"])
+        assert got == pytest.approx(start[v[:2]], abs=0.01)
