@@ -111,6 +111,19 @@ def _equal(column: pd.Series, value: object) -> pd.Series:
     return column.eq(value) | (column.isna() & pd.isna(value))
 
 
+def _same_start(
+    runs: pd.DataFrame, clone: object, critic_lr: object, expert: int, clone_seed: int
+) -> pd.Series:
+    """The rows of ``runs`` that started where a cell did: the same clone strength, critic
+    learning rate, expert seed and clone seed (the cell's SPPO runs, or its own)."""
+    return (
+        _equal(runs["clone"], clone)
+        & _equal(runs["critic_lr"], critic_lr)
+        & runs["expert_seed"].eq(expert)
+        & runs["clone_seed"].eq(clone_seed)
+    )
+
+
 def phase_table(
     runs: pd.DataFrame, algos: tuple[str, ...] = ("ppo-gae", "ppo-bce"), baseline: str = "sppo"
 ) -> pd.DataFrame:
@@ -125,8 +138,7 @@ def phase_table(
     for (algo, lam, clone, critic_lr, expert, clone_seed), group in test.groupby(
         keys, dropna=False
     ):
-        same = _equal(base["clone"], clone) & _equal(base["critic_lr"], critic_lr)
-        ref = base[same & base["expert_seed"].eq(expert) & base["clone_seed"].eq(clone_seed)]
+        ref = base[_same_start(base, clone, critic_lr, expert, clone_seed)]
         if ref.empty:
             continue
         x_final, y_final = group["final"].to_numpy(float), ref["final"].to_numpy(float)
@@ -179,14 +191,10 @@ def _pooled_sd(runs: pd.DataFrame, algo: str, lam: float, stages: pd.DataFrame) 
     (the root of the mean within-stage variance, ddof 1)."""
     variances = []
     for _, row in stages.iterrows():
-        cell = runs[
-            runs["algo"].eq(algo)
-            & _equal(runs["lam"], lam)
-            & _equal(runs["clone"], row["clone"])
-            & _equal(runs["critic_lr"], row["critic_lr"])
-            & runs["expert_seed"].eq(row["expert_seed"])
-            & runs["clone_seed"].eq(row["clone_seed"])
-        ]["final"]
+        start = _same_start(
+            runs, row["clone"], row["critic_lr"], row["expert_seed"], row["clone_seed"]
+        )
+        cell = runs[runs["algo"].eq(algo) & _equal(runs["lam"], lam) & start]["final"]
         if len(cell) > 1:
             variances.append(float(cell.var(ddof=1)))
     return float(np.sqrt(np.mean(variances))) if variances else float("nan")

@@ -151,7 +151,7 @@ class StackedPolicy(_StackedNormalized):
         """The categorical draws of ``calls`` calls of ``act`` on ``n`` rows, at once:
         ``[S, calls, N, 1]``, slice ``[:, t]`` being call t's. A CPU generator's uniforms come
         out one by one in order, so ``torch.rand(calls, n, 1)`` holds the numbers that ``calls``
-        calls of ``torch.rand(n, 1)`` draw (``tests/test_stack.py``). A Gaussian's draws depend
+        calls of ``torch.rand(n, 1)`` draw (``tests/test_seed_stack.py``). A Gaussian's draws depend
         on each call's size (torch's normal sampler works in blocks of 16) and stay per call."""
         return torch.stack([torch.rand(calls, n, 1, generator=g) for g in generators])
 
