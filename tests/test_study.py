@@ -13,9 +13,12 @@ from sppo_bench.cli import main
 BUDGET = 160
 
 
-def _run(root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3, expert=None):
+def _run(
+    root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3, expert=None, warmup=None
+):
     """A finished MountainCar run: evaluation success ``curve`` at episodes 0, 40, 80, ...
-    (``expert``: the config's expert.seed; None: a config from before the field)."""
+    (``expert``: the config's expert.seed, ``warmup``: rl.critic_warmup_updates; None: a config
+    from before the field)."""
     folder = root / "control" / "mountaincar" / f"{algo}@{variant}" / f"seed{seed}"
     folder.mkdir(parents=True)
     params = {} if lam is None else {"ppo-gae": {"lam": lam}}
@@ -29,6 +32,8 @@ def _run(root, algo, variant, seed, noise, curve, lam=None, critic_lr=1e-3, expe
     }
     if expert is not None:
         config["expert"] = {"seed": expert}
+    if warmup is not None:
+        config["rl"]["critic_warmup_updates"] = warmup
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     rows = [
         {"update": u, "episodes": 40 * u, "wall_time": u, "eval/success_stochastic": s}
@@ -68,6 +73,27 @@ def test_cells_compare_each_lambda_with_sppo_at_the_same_clone_strength(study):
     assert same["final_diff"] == 0 and same["final_diff_lo"] == same["final_diff_hi"] == 0
     easy = table.loc[("ppo-gae", 0.95, 0.0)]
     assert (easy["n"], easy["n_base"]) == (1, 3) and easy["final_diff"] == 0
+
+
+def test_critic_warm_up_arms_are_cells_of_their_own_against_sppo_with_the_same_warm_up(study):
+    """PPO-GAE lambda 0.95 with 25 warm-up updates is compared with SPPO warmed up alike, never
+    pooled with the arms without warm-up (which keep their own numbers)."""
+    solved, stuck = [0.0, 0.9, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]
+    for seed in range(3):
+        _run(study, "sppo", "p0.99-warm25", seed, 0.99, [stuck, stuck, solved][seed], warmup=25)
+        _run(study, "ppo-gae", "p0.99-lam0.95-warm25", seed, 0.99, solved, 0.95, warmup=25)
+    _run(study, "ppo-gae", "p0.99-warm0", 3, 0.99, solved, warmup=0)  # 0 written out: no warm-up
+    runs = study_runs(study, "mountaincar", threshold=0.8, final_evals=1)
+    table = phase_table(runs).set_index(["algo", "lam", "clone", "warmup"])
+    warm = table.loc[("ppo-gae", 0.95, 0.99, 25)]
+    assert (warm["n"], warm["n_base"]) == (3, 3)
+    assert warm["final_diff"] == pytest.approx(1.0 - 1 / 3)  # 1, 1, 1 against 0, 0, 1
+    assert (warm["reached"], warm["reached_base"]) == (3, 1)
+    cold = table.loc[("ppo-gae", 0.95, 0.99, 0)]
+    assert (cold["n"], cold["n_base"]) == (3, 3)
+    assert cold["final_diff"] == pytest.approx(0.9 / 3 - 1.0)  # as without the warm-up arms
+    assert table.loc[("ppo-gae", 1.0, 0.99, 0), "n"] == 4
+    assert len(table) == 4
 
 
 def test_plot_phase_writes_the_tables_and_the_figure(study, tmp_path_factory):

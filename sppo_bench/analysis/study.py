@@ -2,11 +2,11 @@
 
 Every finished run of a task is placed by what its stored ``config.yaml`` says (not by its folder
 name): its algorithm, PPO-GAE's effective lambda (the estimator's default where the config does
-not set it), the clone-strength setting ``CLONE_KEY``, the critic learning rate, and the stages it
-started from (``expert.seed``, ``clone.seed``: another seed is another expert or clone). A *cell*
-is one (lambda, clone strength, critic lr, expert seed, clone seed); its PPO-GAE runs are compared
-with the SPPO runs of the same clone strength, critic learning rate and stages (SPPO has no
-lambda):
+not set it), the clone-strength setting ``CLONE_KEY``, the critic learning rate, the critic
+warm-up (``rl.critic_warmup_updates``), and the stages it started from (``expert.seed``,
+``clone.seed``: another seed is another expert or clone). A *cell* is one (lambda, clone strength,
+critic lr, warm-up, expert seed, clone seed); its PPO-GAE runs are compared with the SPPO runs of
+the same ``SETTINGS`` and ``STAGES`` (SPPO has no lambda):
 
 - final success (stochastic evaluation, mean of the last ``final_evals`` evaluation points):
   difference of means, PPO-GAE minus SPPO, with a 95% percentile bootstrap interval (runs of
@@ -38,6 +38,7 @@ from sppo_bench.errors import UserError
 CLONE_KEY = "clone.demo_noise"  # the clone-strength knob (envs/*.yaml)
 LAMBDA = "lam"
 STAGES = ["expert_seed", "clone_seed"]  # which expert and clone a run started from
+SETTINGS = ["clone", "critic_lr", "warmup"]  # what a cell shares with its SPPO reference
 
 
 def _dotted(config: dict, key: str) -> object:
@@ -57,9 +58,9 @@ def study_runs(
     clone_key: str = CLONE_KEY,
 ) -> pd.DataFrame:
     """One row per finished run of ``task``: algo, seed, lam (PPO-GAE; NaN otherwise), clone
-    (the ``clone_key`` setting), critic_lr, expert_seed and clone_seed (0 where the config
-    predates them), final success, episodes to ``threshold`` (NaN: not reached) and the run's
-    episode budget."""
+    (the ``clone_key`` setting), critic_lr, warmup (critic warm-up updates), expert_seed and
+    clone_seed (0 where the config predates them), final success, episodes to ``threshold``
+    (NaN: not reached) and the run's episode budget."""
     rows = []
     for run in discover_runs(runs_dir, [task], finished_only=True):
         config = run.config
@@ -79,6 +80,7 @@ def study_runs(
                 "lam": lam,
                 "clone": np.nan if clone is None else float(clone),
                 "critic_lr": rl.get("critic_lr"),
+                "warmup": int(rl.get("critic_warmup_updates") or 0),
                 "expert_seed": int(_dotted(config, "expert.seed") or 0),
                 "clone_seed": int(_dotted(config, "clone.seed") or 0),
                 "final": run.final_success(last=final_evals),
@@ -111,34 +113,32 @@ def _equal(column: pd.Series, value: object) -> pd.Series:
     return column.eq(value) | (column.isna() & pd.isna(value))
 
 
-def _same_start(
-    runs: pd.DataFrame, clone: object, critic_lr: object, expert: int, clone_seed: int
-) -> pd.Series:
-    """The rows of ``runs`` that started where a cell did: the same clone strength, critic
-    learning rate, expert seed and clone seed (the cell's SPPO runs, or its own)."""
-    return (
-        _equal(runs["clone"], clone)
-        & _equal(runs["critic_lr"], critic_lr)
-        & runs["expert_seed"].eq(expert)
-        & runs["clone_seed"].eq(clone_seed)
-    )
+def _same_start(runs: pd.DataFrame, cell: pd.Series) -> pd.Series:
+    """The rows of ``runs`` that started where ``cell`` (a row of ``phase_table``) did: the same
+    ``SETTINGS`` (clone strength, critic learning rate, critic warm-up) and ``STAGES`` (expert
+    and clone seed): the cell's SPPO runs, or its own."""
+    same = pd.Series(True, index=runs.index)
+    for column in SETTINGS:
+        same &= _equal(runs[column], cell[column])
+    for column in STAGES:
+        same &= runs[column].eq(cell[column])
+    return same
 
 
 def phase_table(
     runs: pd.DataFrame, algos: tuple[str, ...] = ("ppo-gae", "ppo-bce"), baseline: str = "sppo"
 ) -> pd.DataFrame:
-    """One row per (algo, lam, clone, critic_lr, expert_seed, clone_seed) cell of the ``algos``
-    runs that has ``baseline`` runs of the same clone strength, critic learning rate and stages:
+    """One row per (algo, lam, ``SETTINGS``, ``STAGES``) cell of the ``algos`` runs that has
+    ``baseline`` runs of the same settings and stages:
     run counts, means and the two differences with their intervals (columns ``n``, ``n_base``,
     ``final``, ``final_base``, ``reached``, ``reached_base``)."""
     cells = []
     base = runs[runs["algo"] == baseline]
     test = runs[runs["algo"].isin(algos)]
-    keys = ["algo", "lam", "clone", "critic_lr", *STAGES]
-    for (algo, lam, clone, critic_lr, expert, clone_seed), group in test.groupby(
-        keys, dropna=False
-    ):
-        ref = base[_same_start(base, clone, critic_lr, expert, clone_seed)]
+    keys = ["algo", "lam", *SETTINGS, *STAGES]
+    for values, group in test.groupby(keys, dropna=False):
+        cell = pd.Series(dict(zip(keys, values, strict=True)))
+        ref = base[_same_start(base, cell)]
         if ref.empty:
             continue
         x_final, y_final = group["final"].to_numpy(float), ref["final"].to_numpy(float)
@@ -149,12 +149,8 @@ def phase_table(
         cells.append(
             {
                 "task": group["task"].iloc[0],
-                "algo": algo,
-                "lam": lam,
-                "clone": clone,
-                "critic_lr": critic_lr,
-                "expert_seed": int(expert),
-                "clone_seed": int(clone_seed),
+                **cell.to_dict(),
+                **{column: int(cell[column]) for column in ["warmup", *STAGES]},
                 "n": len(group),
                 "n_base": len(ref),
                 "final": float(x_final.mean()),
@@ -191,9 +187,7 @@ def _pooled_sd(runs: pd.DataFrame, algo: str, lam: float, stages: pd.DataFrame) 
     (the root of the mean within-stage variance, ddof 1)."""
     variances = []
     for _, row in stages.iterrows():
-        start = _same_start(
-            runs, row["clone"], row["critic_lr"], row["expert_seed"], row["clone_seed"]
-        )
+        start = _same_start(runs, row)
         cell = runs[runs["algo"].eq(algo) & _equal(runs["lam"], lam) & start]["final"]
         if len(cell) > 1:
             variances.append(float(cell.var(ddof=1)))
@@ -202,7 +196,7 @@ def _pooled_sd(runs: pd.DataFrame, algo: str, lam: float, stages: pd.DataFrame) 
 
 def stage_spread(runs: pd.DataFrame, table: pd.DataFrame, baseline: str = "sppo") -> pd.DataFrame:
     """For every cell of ``table`` (``phase_table(runs)``) run from two or more stages (experts or
-    clones), one row per (algo, lam, clone, critic_lr):
+    clones), one row per (algo, lam, ``SETTINGS``):
 
     - ``stages`` and ``final_diffs``: each stage's difference to SPPO with its interval;
     - ``between_sd`` / ``between_sd_base``: the SD (ddof 1) of the stages' mean final success,
@@ -214,8 +208,9 @@ def stage_spread(runs: pd.DataFrame, table: pd.DataFrame, baseline: str = "sppo"
       ``differs between stages``.
     """
     rows = []
-    keys = ["task", "algo", "lam", "clone", "critic_lr"]
-    for (task, algo, lam, clone, critic_lr), cells in table.groupby(keys, dropna=False):
+    keys = ["task", "algo", "lam", *SETTINGS]
+    for values, cells in table.groupby(keys, dropna=False):
+        key = dict(zip(keys, values, strict=True))
         if len(cells) < 2:
             continue
         cells = cells.sort_values(STAGES)
@@ -230,11 +225,7 @@ def stage_spread(runs: pd.DataFrame, table: pd.DataFrame, baseline: str = "sppo"
             verdict = "differs between stages"
         rows.append(
             {
-                "task": task,
-                "algo": algo,
-                "lam": lam,
-                "clone": clone,
-                "critic_lr": critic_lr,
+                **key,
                 "stages": "; ".join(_stage(r) for _, r in cells.iterrows()),
                 "n": "; ".join(f"{r['n']}/{r['n_base']}" for _, r in cells.iterrows()),
                 "finals": "; ".join(f"{x:.2f}" for x in cells["final"]),
@@ -244,7 +235,7 @@ def stage_spread(runs: pd.DataFrame, table: pd.DataFrame, baseline: str = "sppo"
                     for _, r in cells.iterrows()
                 ),
                 "between_sd": float(cells["final"].std(ddof=1)),
-                "within_sd": _pooled_sd(runs, algo, lam, cells),
+                "within_sd": _pooled_sd(runs, key["algo"], key["lam"], cells),
                 "between_sd_base": float(cells["final_base"].std(ddof=1)),
                 "within_sd_base": _pooled_sd(runs, baseline, np.nan, cells),
                 "mean_diff": float(diffs.mean()),
@@ -261,15 +252,18 @@ NAMES = {"ppo-gae": "PPO-GAE", "ppo-bce": "PPO-BCE", "sppo": "SPPO"}
 
 def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
     """Two heat maps (final-success difference, episodes-to-threshold difference): rows are
-    (algorithm, lambda), columns the clone's demo noise p (higher: weaker clone), one per expert
-    and clone seed where the table has several; red where the algorithm does worse than SPPO.
+    (algorithm, lambda, critic lr, critic warm-up), columns the clone's demo noise p (higher:
+    weaker clone), one per expert and clone seed where the table has several; red where the
+    algorithm does worse than SPPO.
     Cells carry the difference, its interval and run counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(set(zip(table["algo"], table["lam"], table["critic_lr"], strict=True)))
+    rows = sorted(
+        set(zip(table["algo"], table["lam"], table["critic_lr"], table["warmup"], strict=True))
+    )
     several_lrs = len({r[2] for r in rows}) > 1
     stage_pairs = zip(table["expert_seed"], table["clone_seed"], strict=True)
     columns = sorted(set(zip(table["clone"].fillna(-1.0), stage_pairs, strict=True)))
@@ -283,7 +277,7 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
         grid = np.full((len(rows), len(columns)), np.nan)
         notes = [["" for _ in columns] for _ in rows]
         for _, row in table.iterrows():
-            i = rows.index((row["algo"], row["lam"], row["critic_lr"]))
+            i = rows.index((row["algo"], row["lam"], row["critic_lr"], row["warmup"]))
             clone = -1.0 if pd.isna(row["clone"]) else row["clone"]
             j = columns.index((clone, (row["expert_seed"], row["clone_seed"])))
             grid[i, j] = row[key]
@@ -305,8 +299,10 @@ def plot_phase(table: pd.DataFrame, out: Path, title: str) -> Path:
         ]
         ax.set_xticks(range(len(columns)), ticks)
         names = [
-            f"{NAMES.get(a, a)} λ={lam:g}" + (f", critic lr {lr:g}" if several_lrs else "")
-            for a, lam, lr in rows
+            f"{NAMES.get(a, a)} λ={lam:g}"
+            + (f", critic lr {lr:g}" if several_lrs else "")
+            + (f", warm-up {warm}" if warm else "")
+            for a, lam, lr, warm in rows
         ]
         ax.set_yticks(range(len(rows)), names)
         ax.set_xlabel("clone demo noise p (higher: weaker clone)")
