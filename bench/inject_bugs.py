@@ -216,6 +216,13 @@ BUGS = (
         (*STACK_TESTS, "tests/test_control_pipeline.py"),
     ),
     Bug(
+        "collection-actor-stale",  # the parameters read once per trainer, not per collection
+        "sppo_bench/control/rollouts.py",
+        r"calls, actor = itertools\.count\(\), self\.policy\.actor\(\)",
+        'calls, actor = itertools.count(), self.__dict__.setdefault("_a", self.policy.actor())',
+        STACK_TESTS,
+    ),
+    Bug(
         "discrete-range-check-off-by-one",
         "sppo_bench/control/tasks.py",
         r"self\.start <= x < self\.start \+ self\.n",

@@ -155,6 +155,45 @@ def test_collection_samples_as_each_seeds_policy_stepped_call_by_call(
     trainer.close()
 
 
+@pytest.mark.parametrize("task, compared_steps", [("mountaincar", None), ("pendulum", 10)])
+def test_collection_after_an_update_samples_as_the_updated_policy(tmp_path, task, compared_steps):
+    """A collection reads the parameters as they are when it starts (``StackedPolicy.actor``):
+    after an update it samples as each seed's updated ``Policy`` (the Gaussian's new std too)."""
+    _clone(tmp_path, task)
+    spec = load_spec(task, TINY)
+    clone = tmp_path / "control" / task / "clone" / "policy.pt"
+    seeds = [0, 5]
+    trainer = Trainer(spec, "sppo", seeds, [tmp_path / f"seed{k}" for k in seeds], clone)
+    trainer.step(1)  # collects, then updates the policy
+    starts, _ = trainer.start_states(2)
+    got = trainer.collect(trainer.train_env, starts, np.zeros_like(starts, bool), ROLLOUT_STREAM, 2)
+    n = starts.shape[1]
+    for k, seed in enumerate(seeds):
+        policy = build_policy(spec)
+        policy.load_state_dict(trainer.policy.seed_state(k))
+        moved = [
+            not torch.equal(a, b)
+            for a, b in zip(
+                policy.state_dict().values(),
+                load_policy(clone, spec).state_dict().values(),
+                strict=True,
+            )
+        ]
+        assert any(moved)
+        if task == "pendulum":
+            assert not torch.equal(policy.log_std, load_policy(clone, spec).log_std)
+        env = make_vector_env(spec.info, n, spec.rl.backend)
+        generator = step_generator(seed, 2, ROLLOUT_STREAM)
+        ref = rollout(env, policy, starts[k], spec.horizon, np.zeros(n, bool), generator)
+        mine = got.select(np.arange(k * n, (k + 1) * n))
+        if compared_steps is None:
+            assert np.array_equal(mine.actions, ref.actions)
+        else:
+            steps = slice(0, compared_steps)
+            assert np.allclose(mine.actions[:, steps], ref.actions[:, steps], atol=1e-5)
+    trainer.close()
+
+
 def test_stacked_adam_holds_each_seeds_own_state():
     """Adam over stacked parameters, stepped on a sum of per-seed losses, moves each seed as an
     Adam of that seed alone does, and its state slices to (and stacks from) the single format."""

@@ -81,13 +81,14 @@ def collect_episodes(
     t = 0
     for t in range(horizon):
         actions = np.asarray(act(obs))
-        obs_buf[alive, t] = obs[alive]
-        act_buf[alive, t] = actions[alive]
+        rows = slice(None) if alive.all() else alive  # a slice is cheaper than a mask
+        obs_buf[rows, t] = obs[rows]
+        act_buf[rows, t] = actions[rows]
         next_obs, reward, terminated, truncated, info = venv.step(actions)
         next_obs = np.asarray(next_obs)
-        rew_buf[alive, t] = np.asarray(reward)[alive]
-        mask[alive, t] = 1.0
-        lengths[alive] += 1
+        rew_buf[rows, t] = np.asarray(reward)[rows]
+        mask[rows, t] = 1.0
+        lengths[rows] += 1
         ended = alive & (np.asarray(terminated) | np.asarray(truncated))
         success[ended] = np.asarray(info["success"])[ended]
         final_obs[ended] = next_obs[ended]

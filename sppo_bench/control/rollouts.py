@@ -73,13 +73,13 @@ class SeedRollouts:
         uniforms = None
         if self.policy.discrete and mode is not True:  # the whole collection's draws at once
             uniforms = self.policy.draw_uniforms(generators, self.horizon, n)
-        calls = itertools.count()
+        calls, actor = itertools.count(), self.policy.actor()  # parameters read once
 
         def act(obs: np.ndarray) -> np.ndarray:
             obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(s, n, -1)
             t = next(calls)
             draws = None if uniforms is None else uniforms[:, t]
-            return self.policy.act(obs_t, mode, generators, draws).flatten(0, 1).numpy()
+            return actor(obs_t, mode, generators, draws).flatten(0, 1).numpy()
 
         return collect_episodes(venv, act, starts.reshape(-1), self.horizon)
 

@@ -16,13 +16,31 @@ process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sppo_bench.control.policies import Policy, ValueNet, gaussian_log_prob_entropy
+
+Weights = list[tuple[Tensor, Tensor]]  # per layer: W^T [S, in, out] and b [S, 1, out]
+Actor = Callable[..., Tensor]  # StackedPolicy.act's signature
+_FUNCTIONAL: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
+    nn.Tanh: torch.tanh,
+    nn.ReLU: torch.relu,
+    nn.Identity: lambda h: h,
+}
+
+
+def run_layers(layers: Weights, activation: Callable[[Tensor], Tensor], h: Tensor) -> Tensor:
+    """``h [S, n, in] -> [S, n, out]``: h <- h W_i^T + b_i (one ``baddbmm``), ``activation``
+    between the layers."""
+    for i, (wt, b) in enumerate(layers):
+        h = torch.baddbmm(b, h, wt)
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h
 
 
 class StackedMLP(nn.Module):
@@ -46,14 +64,16 @@ class StackedMLP(nn.Module):
             self.register_parameter(f"w{i}", nn.Parameter(w.clone()))
             self.register_parameter(f"b{i}", nn.Parameter(b.clone()))
 
+    def layers(self) -> Weights:
+        """The layers as ``run_layers`` reads them (views of the parameters)."""
+        return [
+            (getattr(self, f"w{i}").transpose(1, 2), getattr(self, f"b{i}").unsqueeze(1))
+            for i in range(self.n_layers)
+        ]
+
     def forward(self, x: Tensor) -> Tensor:
         seeds, lead = x.shape[0], x.shape[1:-1]
-        h = x.reshape(seeds, -1, x.shape[-1])
-        for i in range(self.n_layers):
-            w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i < self.n_layers - 1:
-                h = self.activation(h)
+        h = run_layers(self.layers(), self.activation, x.reshape(seeds, -1, x.shape[-1]))
         return h.reshape(seeds, *lead, h.shape[-1])
 
     def seed_items(self, s: int, prefix: str) -> dict[str, Tensor]:
@@ -120,7 +140,6 @@ class StackedPolicy(_StackedNormalized):
         log_std = self._seed_view(self.log_std, out).expand_as(out)
         return gaussian_log_prob_entropy(out, actions, log_std)
 
-    @torch.no_grad()
     def act(
         self,
         obs: Tensor,
@@ -132,19 +151,41 @@ class StackedPolicy(_StackedNormalized):
         row), else sampled with seed s's generator exactly as ``Policy.act`` samples (same draws,
         same order). ``uniforms [S, N, 1]``: a categorical's draws of this call, taken beforehand
         with ``draw_uniforms`` (the same numbers); drawn here when None."""
-        out = self(obs)
-        if greedy is True:
-            return out.argmax(-1) if self.discrete else out
-        n = out.shape[1]
-        if self.discrete:
-            probs = torch.softmax(out, dim=-1)
-            if uniforms is None:
-                uniforms = torch.stack([torch.rand(n, 1, generator=g) for g in generators])
-            sampled = (probs.cumsum(-1) < uniforms).sum(-1).clamp_max(out.shape[-1] - 1)
-            return sampled if greedy is False else torch.where(greedy, out.argmax(-1), sampled)
-        noise = torch.stack([torch.randn(out.shape[1:], generator=g) for g in generators])
-        sampled = out + noise * self._seed_view(self.log_std, out).exp()
-        return sampled if greedy is False else torch.where(greedy.unsqueeze(-1), out, sampled)
+        return self.actor()(obs, greedy, generators, uniforms)
+
+    @torch.no_grad()
+    def actor(self) -> Actor:
+        """``act`` with the parameters read once, for the many calls of one collection (they do
+        not change during it): the same operations on the same tensors, so the same numbers,
+        without a module call or an attribute lookup per step (~1/3 of a call's time at 8 rows
+        per seed)."""
+        layers = [(wt.detach(), b.detach()) for wt, b in self.net.layers()]
+        activation = _FUNCTIONAL.get(type(self.net.activation), self.net.activation)
+        mean, std = self.obs_mean.unsqueeze(1), self.obs_std.unsqueeze(1)  # [S, 1, d]
+        std_out = self.log_std.detach().unsqueeze(1).exp()  # [S, 1, a]
+        last = self.action_dim - 1
+
+        def act(  # no autograd graph: every tensor it reads is detached
+            obs: Tensor,
+            greedy: Tensor | bool,
+            generators: Sequence[torch.Generator],
+            uniforms: Tensor | None = None,
+        ) -> Tensor:
+            out = run_layers(layers, activation, (obs - mean) / std)
+            if greedy is True:
+                return out.argmax(-1) if self.discrete else out
+            n = out.shape[1]
+            if self.discrete:
+                probs = torch.softmax(out, dim=-1)
+                if uniforms is None:
+                    uniforms = torch.stack([torch.rand(n, 1, generator=g) for g in generators])
+                sampled = (probs.cumsum(-1) < uniforms).sum(-1).clamp_max(last)
+                return sampled if greedy is False else torch.where(greedy, out.argmax(-1), sampled)
+            noise = torch.stack([torch.randn(out.shape[1:], generator=g) for g in generators])
+            sampled = out + noise * std_out
+            return sampled if greedy is False else torch.where(greedy.unsqueeze(-1), out, sampled)
+
+        return act
 
     @staticmethod
     def draw_uniforms(generators: Sequence[torch.Generator], calls: int, n: int) -> Tensor:
