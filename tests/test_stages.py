@@ -28,6 +28,7 @@ SPECS = [
 STAGES = ("expert", "clone", "clone@noisy")
 SHIPPED = Path(__file__).resolve().parents[1] / "results/control/study/stages/mountaincar-p0.99"
 SHIPPED_HOPPER = SHIPPED.parent / "hopper-p0.05-experts"
+SHIPPED_HOPPER_0 = SHIPPED.parent / "hopper-p0.05-expert0"
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -191,3 +192,22 @@ def test_shipped_hopper_expert_stages_pass_the_check(tmp_path):
         assert expert["success_rate"] == 1.0
         got = (clone["success_stochastic"], clone["success_deterministic"])
         assert got == pytest.approx(start[v[:2]], abs=0.01)
+
+
+def test_shipped_hopper_expert0_stages_pass_the_check(tmp_path):
+    """study-hopper-lunarlander's Hopper p = 0.05 cells (the task files' expert, seed 0, trained
+    again) take the expert and their four clone folders from the shipped ones; the expert is the
+    weak one the README reports (0.44) and its clones start near zero (0.03 / 0.00)."""
+    variants = ["p0.05", "p0.05-warm25", "p0.05-lam0.95", "p0.05-lam0.95-warm25"]
+    specs = plan_runs(load_profile("study-hopper-lunarlander"), seeds=1, variants=variants)
+    imports = plan_stage_imports(specs, tmp_path / "runs", SHIPPED_HOPPER_0)
+    folders = {"expert", *(f"clone@{v}" for v in variants)}
+    assert {folder for _, folder in imports} == folders
+    assert {item.action for item in imports.values()} == {COPY}
+    assert not (tmp_path / "runs").exists()
+    stage = SHIPPED_HOPPER_0 / "control/hopper"
+    assert json.loads((stage / "expert" / "summary.json").read_text())["success_rate"] == 0.44
+    for v in variants:
+        clone = json.loads((stage / f"clone@{v}" / "summary.json").read_text())
+        got = (clone["success_stochastic"], clone["success_deterministic"])
+        assert got == pytest.approx((0.03, 0.0), abs=0.01)
