@@ -153,7 +153,6 @@ class StackedPolicy(_StackedNormalized):
         with ``draw_uniforms`` (the same numbers); drawn here when None."""
         return self.actor()(obs, greedy, generators, uniforms)
 
-    @torch.no_grad()
     def actor(self) -> Actor:
         """``act`` with the parameters read once, for the many calls of one collection (they do
         not change during it): the same operations on the same tensors, so the same numbers,
