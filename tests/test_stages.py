@@ -29,6 +29,7 @@ STAGES = ("expert", "clone", "clone@noisy")
 SHIPPED = Path(__file__).resolve().parents[1] / "results/control/study/stages/mountaincar-p0.99"
 SHIPPED_HOPPER = SHIPPED.parent / "hopper-p0.05-experts"
 SHIPPED_HOPPER_0 = SHIPPED.parent / "hopper-p0.05-expert0"
+SHIPPED_LUNAR_0 = SHIPPED.parent / "lunarlander-expert0"
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -211,3 +212,27 @@ def test_shipped_hopper_expert0_stages_pass_the_check(tmp_path):
         clone = json.loads((stage / f"clone@{v}" / "summary.json").read_text())
         got = (clone["success_stochastic"], clone["success_deterministic"])
         assert got == pytest.approx((0.03, 0.0), abs=0.01)
+
+
+def test_shipped_lunarlander_expert0_stages_pass_the_check(tmp_path):
+    """study-hopper-lunarlander's LunarLander cells (the task files' expert, seed 0, trained
+    again: it reproduced the published cells' start) take the expert and their clone folders
+    from the shipped ones: every LunarLander arm of the profile, base and variants alike; the
+    clones start where the README says (task files' 0.79 / 0.47, p = 0.75 0.03 / 0.84)."""
+    specs = plan_runs(load_profile("study-hopper-lunarlander"), tasks=["lunarlander"], seeds=1)
+    imports = plan_stage_imports(specs, tmp_path / "runs", SHIPPED_LUNAR_0)
+    folders = {"expert", "clone", "clone@p0.75", "clone@p0.75-lam0.95"}
+    assert {folder for _, folder in imports} == folders
+    assert {item.action for item in imports.values()} == {COPY}
+    assert not (tmp_path / "runs").exists()
+    stage = SHIPPED_LUNAR_0 / "control/lunarlander"
+    assert json.loads((stage / "expert" / "summary.json").read_text())["success_rate"] == 0.97
+    start = {
+        "clone": (0.79, 0.47),
+        "clone@p0.75": (0.03, 0.84),
+        "clone@p0.75-lam0.95": (0.03, 0.84),
+    }
+    for folder, want in start.items():
+        clone = json.loads((stage / folder / "summary.json").read_text())
+        got = (clone["success_stochastic"], clone["success_deterministic"])
+        assert got == pytest.approx(want, abs=0.01)
