@@ -26,10 +26,23 @@ SPECS = [
     RunSpec("cartpole", "sppo", 0, 8, SETTINGS, NOISY),
 ]
 STAGES = ("expert", "clone", "clone@noisy")
-SHIPPED = Path(__file__).resolve().parents[1] / "results/control/study/stages/mountaincar-p0.99"
-SHIPPED_HOPPER = SHIPPED.parent / "hopper-p0.05-experts"
-SHIPPED_HOPPER_0 = SHIPPED.parent / "hopper-p0.05-expert0"
-SHIPPED_LUNAR_0 = SHIPPED.parent / "lunarlander-expert0"
+SHIPPED_STAGES = Path(__file__).resolve().parents[1] / "results/control/study/stages"
+SHIPPED = SHIPPED_STAGES / "mountaincar"
+SHIPPED_HOPPER = SHIPPED_STAGES / "hopper-p0.05-experts"
+SHIPPED_HOPPER_0 = SHIPPED_STAGES / "hopper-p0.05-expert0"
+SHIPPED_LUNAR_0 = SHIPPED_STAGES / "lunarlander"
+# (profile, task) of every published cell whose expert reproduces (Hopper's does not): all the
+# profile's arms on that task start from the shipped folders of results/control/study/stages/<task>
+PUBLISHED_CELLS = [
+    *(("standard", task) for task in ("cartpole", "mountaincar", "pendulum", "lunarlander")),
+    *(("ablation-lambda", task) for task in ("cartpole", "mountaincar", "pendulum")),
+    ("study-cartpole", "cartpole"),
+    ("study-decisive", "mountaincar"),
+    ("study-landscape", "mountaincar"),
+    ("study-critic-lr", "mountaincar"),
+    ("study-paper-budget", "mountaincar"),
+    ("study-hopper-lunarlander", "lunarlander"),
+]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -236,3 +249,15 @@ def test_shipped_lunarlander_expert0_stages_pass_the_check(tmp_path):
         clone = json.loads((stage / folder / "summary.json").read_text())
         got = (clone["success_stochastic"], clone["success_deterministic"])
         assert got == pytest.approx(want, abs=0.01)
+
+
+@pytest.mark.parametrize(("profile", "task"), PUBLISHED_CELLS)
+def test_every_published_cell_takes_all_its_stages_from_the_shipped_ones(profile, task, tmp_path):
+    """Every arm of the profile on the task finds its expert and clone folders shipped, built
+    with the profile's settings (else plan_stage_imports raises naming the folder); nothing is
+    trained or copied by planning."""
+    specs = plan_runs(load_profile(profile), tasks=[task], seeds=1)
+    imports = plan_stage_imports(specs, tmp_path / "runs", SHIPPED_STAGES / task)
+    assert {folder for _, folder in imports} == {f for s in specs for f in s.stage_key[1:]}
+    assert {item.action for item in imports.values()} == {COPY}
+    assert not (tmp_path / "runs").exists()
