@@ -28,7 +28,6 @@ SPECS = [
 STAGES = ("expert", "clone", "clone@noisy")
 SHIPPED_STAGES = Path(__file__).resolve().parents[1] / "results/control/study/stages"
 SHIPPED = SHIPPED_STAGES / "mountaincar"
-SHIPPED_HOPPER = SHIPPED_STAGES / "hopper-p0.05-experts"
 SHIPPED_HOPPER_0 = SHIPPED_STAGES / "hopper-p0.05-expert0"
 SHIPPED_LUNAR_0 = SHIPPED_STAGES / "lunarlander"
 # (profile, task) of every published cell whose expert reproduces (Hopper's does not): all the
@@ -187,25 +186,42 @@ def test_shipped_mountaincar_stages_pass_the_check(profile, tmp_path):
         assert summary[key] == (1.0 if folder == "expert" else 0.0)
 
 
-def test_shipped_hopper_expert_stages_pass_the_check(tmp_path):
-    """study-robustness's Hopper cells from expert seeds 1 and 3 take every stage folder they
-    need from the shipped ones (settings match, nothing trained); the experts succeeded in all
-    their evaluation episodes and the clones start where the README says."""
-    variants = ["e1-p0.05", "e1-p0.05-lam0.95", "e3-p0.05", "e3-p0.05-lam0.95"]
-    specs = plan_runs(load_profile("study-robustness"), seeds=1, variants=variants)
-    imports = plan_stage_imports(specs, tmp_path / "runs", SHIPPED_HOPPER)
+# study-robustness's shipped stages per task: folder, variants, and by expert seed the expert's
+# success and the clone's start (stochastic, deterministic) that the README reports
+ROBUST_STAGES = {
+    "hopper": (
+        "hopper-p0.05-experts",
+        ["e1-p0.05", "e1-p0.05-lam0.95", "e3-p0.05", "e3-p0.05-lam0.95"],
+        {"e1": (1.0, (0.62, 0.84)), "e3": (1.0, (0.94, 1.0))},
+    ),
+    "lunarlander": (
+        "lunarlander-p0.75-experts",
+        ["e1-p0.75", "e1-p0.75-lam0.95", "e2-p0.75", "e2-p0.75-lam0.95"],
+        {"e1": (0.76, (0.0, 0.0)), "e2": (0.88, (0.02, 0.21))},
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(ROBUST_STAGES))
+def test_shipped_robustness_stages_pass_the_check(task, tmp_path):
+    """study-robustness's cells from the other expert seeds take every stage folder they need
+    from the shipped ones (settings match, nothing trained); the experts and clones start where
+    the README says."""
+    folder, variants, start = ROBUST_STAGES[task]
+    shipped = SHIPPED_STAGES / folder
+    specs = plan_runs(load_profile("study-robustness"), [task], seeds=1, variants=variants)
+    imports = plan_stage_imports(specs, tmp_path / "runs", shipped)
     folders = {f"{stage}@{v}" for stage in ("expert", "clone") for v in variants}
     assert {folder for _, folder in imports} == folders
     assert {item.action for item in imports.values()} == {COPY}
     assert not (tmp_path / "runs").exists()
-    start = {"e1": (0.62, 0.84), "e3": (0.94, 1.0)}  # stochastic, deterministic
     for v in variants:
-        stage = SHIPPED_HOPPER / "control/hopper"
+        stage = shipped / "control" / task
         expert = json.loads((stage / f"expert@{v}" / "summary.json").read_text())
         clone = json.loads((stage / f"clone@{v}" / "summary.json").read_text())
-        assert expert["success_rate"] == 1.0
+        assert expert["success_rate"] == start[v[:2]][0]
         got = (clone["success_stochastic"], clone["success_deterministic"])
-        assert got == pytest.approx(start[v[:2]], abs=0.01)
+        assert got == pytest.approx(start[v[:2]][1], abs=0.01)
 
 
 def test_shipped_hopper_expert0_stages_pass_the_check(tmp_path):
