@@ -30,8 +30,9 @@ SHIPPED_STAGES = Path(__file__).resolve().parents[1] / "results/control/study/st
 SHIPPED = SHIPPED_STAGES / "mountaincar"
 SHIPPED_HOPPER_0 = SHIPPED_STAGES / "hopper-p0.05-expert0"
 SHIPPED_LUNAR_0 = SHIPPED_STAGES / "lunarlander"
-# (profile, task) of every published cell whose expert reproduces (Hopper's does not): all the
-# profile's arms on that task start from the shipped folders of results/control/study/stages/<task>
+# (profile, task) of every published cell whose expert reproduces (Hopper's does not), and of
+# study-lunarlander-budget: all the profile's arms on that task start from the shipped folders of
+# results/control/study/stages/<task>
 PUBLISHED_CELLS = [
     *(("standard", task) for task in ("cartpole", "mountaincar", "pendulum", "lunarlander")),
     *(("ablation-lambda", task) for task in ("cartpole", "mountaincar", "pendulum")),
@@ -41,6 +42,7 @@ PUBLISHED_CELLS = [
     ("study-critic-lr", "mountaincar"),
     ("study-paper-budget", "mountaincar"),
     ("study-hopper-lunarlander", "lunarlander"),
+    ("study-lunarlander-budget", "lunarlander"),
 ]
 
 
