@@ -2,6 +2,8 @@
 ``ensure_clone`` too), a variant setting them gets its own stage folders, the same seed gives
 the same stage and another seed another; stored configs from before the fields pass the check."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -128,3 +130,16 @@ def test_robustness_profile_repeats_the_weak_clone_cells_over_expert_seeds():
     arms = {("sppo", None), ("ppo-gae", 0.95), ("ppo-gae", 1.0)}
     expected = {("hopper", s): arms for s in (1, 2, 3)} | {("lunarlander", s): arms for s in (1, 2)}
     assert cells == expected
+
+
+def test_a_resumed_expert_says_where_its_last_process_started(seed0, tmp_path):
+    """summary.json's resumed_from_timesteps: 0 for an expert trained in one go; the checkpoint's
+    timestep for one resumed from it (here: a finished training whose last files were lost)."""
+    fresh = json.loads((seed0 / "expert" / "summary.json").read_text())
+    assert fresh["resumed_from_timesteps"] == 0 and fresh["timesteps"] == 64
+    out = train_expert("cartpole", tmp_path, TINY, progress=False)
+    for name in ("done", "summary.json", "policy.pt"):
+        (out / name).unlink()
+    again = train_expert("cartpole", tmp_path, TINY, progress=False)
+    assert json.loads((again / "summary.json").read_text())["resumed_from_timesteps"] == 64
+    assert _same(again, seed0 / "expert")  # nothing left to train: the same weights

@@ -7,7 +7,9 @@ Output, cached in ``runs/control/<task>/expert/``:
 - ``summary.json``: success rate of the deterministic expert on the sparse task (evaluation start
   states are seeds 2_000_000 + i), training timesteps and wall time.
 - ``done``: written last. While training, ``checkpoint.zip`` + ``vecnormalize.pkl`` allow a
-  rerun to resume where it stopped.
+  rerun to resume where it stopped. A resumed training is another expert (SB3 restores the model
+  and normalisation, not the environments' and samplers' state): ``summary.json``'s
+  ``resumed_from_timesteps`` is the timestep its last process started from (0: trained in one go).
 """
 
 from __future__ import annotations
@@ -224,6 +226,7 @@ def train_expert(
     write_yaml_atomic(out / "config.yaml", {"task": spec.task, "seed": seed, **to_dict(spec)})
     start = time.time()
     model = _make_model(spec, out, seed)
+    resumed_from = int(model.num_timesteps)
     remaining = spec.expert.total_timesteps - model.num_timesteps
     if remaining > 0:
         callback = _progress_callback(out, spec.expert.total_timesteps, 50_000, progress)
@@ -250,6 +253,7 @@ def train_expert(
         "success_rate": rate,
         "eval_episodes": spec.expert.eval_episodes,
         "timesteps": int(model.num_timesteps),
+        "resumed_from_timesteps": resumed_from,
         "train_wall_time": train_time,
         "eval_wall_time": time.time() - start_eval,
     }
